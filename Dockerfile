@@ -41,7 +41,6 @@ LABEL org.opencontainers.image.title="buddy-exporter" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/buddy-exporter/buddy-exporter" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
 # No .pyc writes at run time (read-only root filesystem); logs unbuffered.
@@ -53,7 +52,6 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 COPY --from=build /opt/venv /opt/venv
 
 USER 10001:10001
-WORKDIR /tmp
 
 EXPOSE 8398
 

@@ -1,0 +1,170 @@
+"""Command line: flags, config loading, logging, signals; exit 2 on a bad config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import SecretStr, ValidationError
+
+from exporter import __version__
+from exporter.app import Exporter
+from exporter.config import (
+    CONFIG_ENV,
+    DEFAULT_LISTEN_ADDRESS,
+    ConfigError,
+    LogConfig,
+    Settings,
+    WebConfig,
+    build_settings,
+    format_validation_error,
+    load_settings,
+    resolve_token,
+)
+from exporter.simulator import Simulator
+
+log = logging.getLogger("exporter")
+
+DEMO_INTERVAL_SECONDS = 5.0
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats log records and removes secrets from the final text, tracebacks included."""
+
+    def __init__(self, fmt: str, secrets_: Sequence[str]) -> None:
+        super().__init__(fmt, datefmt="%Y-%m-%dT%H:%M:%S%z")
+        self._secrets = [s for s in secrets_ if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+
+def setup_logging(level: str, secrets_: Sequence[str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        RedactingFormatter(
+            "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s", secrets_
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Per-request lines from libraries are noise at info level.
+    for noisy in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="buddy-exporter",
+        description="Prometheus exporter for Buddy.works pipeline actions.",
+        epilog=f"The Buddy token is read from BUDDY_TOKEN, buddy.token_file or buddy.token. "
+        f"The config file may also be named by {CONFIG_ENV}.",
+    )
+    parser.add_argument(
+        "--config.file", dest="config_file", metavar="PATH", default=os.environ.get(CONFIG_ENV),
+        help=f"YAML configuration file (default: ${CONFIG_ENV})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+        help=f"address to serve on (default: web.listen_address, else {DEFAULT_LISTEN_ADDRESS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log.level", dest="log_level", choices=["debug", "info", "warning", "error"],
+        help="log level (default: log.level, else info)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--demo", action="store_true",
+        help="run against a built-in simulated Buddy API (no account or token needed)",
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"buddy-exporter {__version__}")
+    return parser.parse_args(argv)
+
+
+def _apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    update: dict[str, object] = {}
+    try:
+        if args.listen_address:
+            update["web"] = WebConfig(listen_address=args.listen_address)
+        if args.log_level:
+            update["log"] = LogConfig(level=args.log_level)
+    except ValidationError as exc:
+        flag = "--web.listen-address" if "listen_address" in str(exc) else "--log.level"
+        raise ConfigError(
+            [f"{flag}: {line.split(': ', 1)[1]}" for line in format_validation_error(exc)]
+        ) from None
+    return settings.model_copy(update=update) if update else settings
+
+
+def load(args: argparse.Namespace) -> tuple[Settings, SecretStr, Simulator | None]:
+    """Settings, token and (with --demo) the started simulator; raises ConfigError."""
+    if args.demo:
+        token = SecretStr(secrets.token_urlsafe(24))
+        sim = Simulator(token=token.get_secret_value())
+        sim.seed_demo()
+        targets = [
+            {"workspace": ws, "project": project, "pipeline_id": pid, "action_id": action["id"]}
+            for ws, project, pid, action in sim.iter_actions()
+        ]
+        sim.start()
+        sim.start_churn(DEMO_INTERVAL_SECONDS * 2)
+        data = {
+            "buddy": {"api_url": sim.url},
+            "poll": {"interval_seconds": DEMO_INTERVAL_SECONDS, "stale_after_seconds": 60},
+            "targets": targets,
+        }
+        return _apply_flags(build_settings(data), args), token, sim
+    if not args.config_file:
+        raise ConfigError(
+            [f"--config.file: required (or set {CONFIG_ENV}); try --demo for a quick look"]
+        )
+    settings = _apply_flags(load_settings(Path(args.config_file)), args)
+    return settings, resolve_token(settings.buddy), None
+
+
+async def _serve(settings: Settings, token: SecretStr) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Exporter(settings, token).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings, token, sim = load(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    setup_logging(settings.log.level.value, [token.get_secret_value()])
+    if sim is not None:
+        log.info("demo mode: simulated Buddy API at %s", sim.url)
+    try:
+        asyncio.run(_serve(settings, token))
+    except OSError as exc:
+        address = settings.web.listen_address
+        print(
+            f"web.listen_address: cannot listen on {address}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if sim is not None:
+            sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

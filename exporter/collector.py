@@ -1,0 +1,190 @@
+"""Turns a snapshot into Prometheus metric families; never calls Buddy.
+
+Series exist only for what the snapshot holds, so objects that are gone vanish
+by construction. A value that is unknown (null, missing, stale) gives no series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.config import StatusSeries
+from exporter.models import KNOWN_STATUSES
+from exporter.snapshot import ActionRecord, Snapshot
+
+ACTION_LABELS = ("workspace", "project", "pipeline_id", "pipeline", "action_id", "action")
+
+
+def _action_labels(record: ActionRecord) -> list[str]:
+    k = record.key
+    return [
+        k.workspace,
+        k.project,
+        str(k.pipeline_id),
+        record.pipeline,
+        str(k.action_id),
+        record.action,
+    ]
+
+
+def _flag(value: bool) -> float:
+    return 1.0 if value else 0.0
+
+
+class SnapshotCollector(Collector):
+    """Renders one snapshot.
+
+    Sample::
+
+        # HELP buddy_action_last_execution_status Status of the action's last execution ...
+        # TYPE buddy_action_last_execution_status gauge
+        buddy_action_last_execution_status{action="Run tests",action_id="301",pipeline="Build",
+            pipeline_id="41",project="storefront",status="FAILED",workspace="acme"} 1.0
+        buddy_action_retries{...} 2.0
+        buddy_up 1.0
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        interval_seconds: float,
+        status_series: StatusSeries = StatusSeries.ALL,
+    ) -> None:
+        self._snapshot = snapshot
+        self._every = f"from a background poll every {interval_seconds:g}s"
+        self._all_statuses = status_series is StatusSeries.ALL
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._action_families()
+        yield from self._exporter_families()
+
+    def _gauge(
+        self, name: str, doc: str, labels: tuple[str, ...] = ACTION_LABELS
+    ) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, f"{doc} ({self._every}).", labels=list(labels))
+
+    def _scalar(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = self._gauge(name, doc, ())
+        family.add_metric([], value)
+        return family
+
+    def _action_families(self) -> Iterator[Metric]:
+        status = self._gauge(
+            "buddy_action_last_execution_status",
+            "Status of the action's last execution: 1 for the current status, 0 for the others",
+            (*ACTION_LABELS, "status"),
+        )
+        retries = self._gauge(
+            "buddy_action_retries", "Retries configured for the action (retry_count)"
+        )
+        retry_interval = self._gauge(
+            "buddy_action_retry_interval_seconds", "Delay between the action's automatic retries"
+        )
+        timeout = self._gauge("buddy_action_timeout_seconds", "Timeout of the action")
+        disabled = self._gauge("buddy_action_disabled", "1 if the action is disabled, else 0")
+        ignore_errors = self._gauge(
+            "buddy_action_ignore_errors", "1 if the action ignores errors, else 0"
+        )
+        info = self._gauge(
+            "buddy_action_info",
+            "Description of the action, always 1; url is its page in Buddy",
+            (*ACTION_LABELS, "action_type", "trigger_time", "run_next", "url"),
+        )
+        success = self._gauge(
+            "buddy_action_poll_success", "1 if the last fetch of this action succeeded, else 0"
+        )
+        last_success = self._gauge(
+            "buddy_action_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch of this action",
+        )
+        for record in self._snapshot.actions:
+            labels = _action_labels(record)
+            success.add_metric(labels, _flag(record.poll_success))
+            if record.last_success is not None:
+                last_success.add_metric(labels, record.last_success)
+            v = record.values
+            if v is None:
+                continue
+            if v.status is not None:
+                if self._all_statuses:
+                    for known in KNOWN_STATUSES:
+                        status.add_metric([*labels, known], _flag(known == v.status))
+                    if v.status not in KNOWN_STATUSES:
+                        status.add_metric([*labels, v.status], 1.0)
+                else:
+                    status.add_metric([*labels, v.status], 1.0)
+            if v.retries is not None:
+                retries.add_metric(labels, v.retries)
+            if v.retry_interval is not None:
+                retry_interval.add_metric(labels, v.retry_interval)
+            if v.timeout is not None:
+                timeout.add_metric(labels, v.timeout)
+            if v.disabled is not None:
+                disabled.add_metric(labels, _flag(v.disabled))
+            if v.ignore_errors is not None:
+                ignore_errors.add_metric(labels, _flag(v.ignore_errors))
+            info.add_metric(
+                [*labels, v.action_type or "", v.trigger_time or "", v.run_next or "", v.url or ""],
+                1.0,
+            )
+        yield from (status, retries, retry_interval, timeout, disabled, ignore_errors, info)
+        yield from (success, last_success)
+
+    def _exporter_families(self) -> Iterator[Metric]:
+        snap = self._snapshot
+        yield self._scalar(
+            "buddy_up",
+            "1 if the last poll cycle reached Buddy and every target succeeded, else 0",
+            _flag(snap.up),
+        )
+        if snap.poll_duration is not None:
+            yield self._scalar(
+                "buddy_exporter_poll_duration_seconds",
+                "Wall time of the last poll cycle",
+                snap.poll_duration,
+            )
+        if snap.last_poll is not None:
+            yield self._scalar(
+                "buddy_exporter_last_poll_timestamp_seconds",
+                "Unix time when the last poll cycle ended",
+                snap.last_poll,
+            )
+        requests = CounterMetricFamily(
+            "buddy_exporter_api_requests",
+            "Requests made to the Buddy API, by endpoint template and HTTP status "
+            '(code="error" when no response came back).',
+            labels=["endpoint", "code"],
+        )
+        for endpoint, code, count in snap.api.requests:
+            requests.add_metric([endpoint, code], count)
+        yield requests
+        errors = CounterMetricFamily(
+            "buddy_exporter_errors",
+            "Failed fetches and bad response fields, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in snap.errors:
+            errors.add_metric([reason], count)
+        yield errors
+        if snap.api.rate_limit_remaining is not None:
+            yield self._scalar(
+                "buddy_exporter_api_rate_limit_remaining",
+                "X-Rate-Limit-Remaining from the last Buddy response",
+                snap.api.rate_limit_remaining,
+            )
+        if snap.api.rate_limit_limit is not None:
+            yield self._scalar(
+                "buddy_exporter_api_rate_limit_limit",
+                "X-Rate-Limit-Limit from the last Buddy response",
+                snap.api.rate_limit_limit,
+            )
+        build = GaugeMetricFamily(
+            "buddy_exporter_build_info", "Version of buddy-exporter, always 1.", labels=["version"]
+        )
+        build.add_metric([__version__], 1.0)
+        yield build

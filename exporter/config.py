@@ -1,0 +1,264 @@
+"""Configuration: the YAML file, environment overrides and the Buddy token.
+
+Priority, highest first: command-line flags (applied by the CLI), environment
+variables (``BUDDY_EXPORTER_`` prefix, ``__`` between levels), the YAML file,
+defaults. The token comes from ``BUDDY_TOKEN``, else ``buddy.token_file``, else
+``buddy.token``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "BUDDY_EXPORTER_"
+TOKEN_ENV = "BUDDY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+CONFIG_ENV = "BUDDY_EXPORTER_CONFIG"
+DEFAULT_PORT = 8398
+DEFAULT_LISTEN_ADDRESS = f"0.0.0.0:{DEFAULT_PORT}"
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``lines`` holds one ``field: problem`` line each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _check_api_url(value: str) -> str:
+    value = value.strip()
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL, e.g. https://api.buddy.works")
+    return value.rstrip("/")
+
+
+def _check_listen_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:8398 or :8398)")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError("an IPv6 host must be in brackets, e.g. [::1]:8398")
+    return value
+
+
+def _check_handle(value: str) -> str:
+    if not value or value != value.strip() or "/" in value:
+        raise ValueError("must be a non-empty URL handle without slashes or surrounding spaces")
+    return value
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+ApiUrl = Annotated[str, AfterValidator(_check_api_url)]
+ListenAddress = Annotated[str, AfterValidator(_check_listen_address)]
+Handle = Annotated[str, AfterValidator(_check_handle)]
+Regex = Annotated[str, AfterValidator(_check_regex)]
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveId = Annotated[int, Field(gt=0)]
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class StatusSeries(StrEnum):
+    ALL = "all"
+    CURRENT = "current"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuddyConfig(_Strict):
+    """How to reach Buddy."""
+
+    api_url: ApiUrl = "https://api.buddy.works"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    request_timeout_seconds: PositiveSeconds = 10.0
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+
+
+class PollConfig(_Strict):
+    """When to poll and how long failed values are kept."""
+
+    interval_seconds: Annotated[float, Field(ge=0.1, allow_inf_nan=False)] = 60.0
+    stale_after_seconds: PositiveSeconds = 600.0
+
+    @model_validator(mode="after")
+    def _stale_not_shorter_than_interval(self) -> Self:
+        if self.stale_after_seconds < self.interval_seconds:
+            raise ValueError(
+                "stale_after_seconds must be at least interval_seconds "
+                f"({self.stale_after_seconds:g} < {self.interval_seconds:g})"
+            )
+        return self
+
+
+class Target(_Strict):
+    """One action to poll."""
+
+    workspace: Handle
+    project: Handle
+    pipeline_id: PositiveId
+    action_id: PositiveId
+
+
+class WebConfig(_Strict):
+    listen_address: ListenAddress = DEFAULT_LISTEN_ADDRESS
+
+
+class LogConfig(_Strict):
+    level: LogLevel = LogLevel.INFO
+
+
+class MetricsConfig(_Strict):
+    status_series: StatusSeries = StatusSeries.ALL
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    buddy: BuddyConfig = BuddyConfig()
+    poll: PollConfig = PollConfig()
+    web: WebConfig = WebConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    targets: Annotated[list[Target], Field(min_length=1)]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs (see load_settings); the
+        # environment comes first so that it overrides the file.
+        return (env_settings, init_settings)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts) or "config"
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One ``location: problem`` line per error, without pydantic's URLs."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = _location(tuple(p for p in item["loc"] if not str(p).startswith("function-")))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        message = message.removeprefix("Value error, ")
+        lines.append(f"{loc}: {message}")
+    return lines
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read the YAML config file into a mapping, or raise ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"config.file: cannot read {path}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config.file: {path} is not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError([f"config.file: {path} is not valid YAML{where}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config.file: {path} must hold a mapping at the top level"])
+    return data
+
+
+def build_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate config data (plus the environment) into Settings, or raise ConfigError."""
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_settings(path: Path) -> Settings:
+    """Read, merge with the environment and validate the config file."""
+    return build_settings(read_config_file(path))
+
+
+def resolve_token(buddy: BuddyConfig, environ: Mapping[str, str] | None = None) -> SecretStr:
+    """The Buddy token: ``BUDDY_TOKEN``, else ``token_file``, else ``token``."""
+    env = os.environ if environ is None else environ
+    if env.get(TOKEN_ENV, "").strip():
+        return SecretStr(env[TOKEN_ENV].strip())
+    if buddy.token_file is not None:
+        try:
+            value = buddy.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(
+                [f"buddy.token_file: cannot read {buddy.token_file}: {reason}"]
+            ) from None
+        if not value:
+            raise ConfigError([f"buddy.token_file: {buddy.token_file} is empty"])
+        return SecretStr(value)
+    if buddy.token is not None:
+        value = buddy.token.get_secret_value().strip()
+        if not value:
+            raise ConfigError(["buddy.token: is empty"])
+        return SecretStr(value)
+    raise ConfigError(
+        [f"buddy.token: no token given: set {TOKEN_ENV}, buddy.token_file or buddy.token"]
+    )

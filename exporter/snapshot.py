@@ -1,0 +1,65 @@
+"""The immutable snapshot of everything the exporter knows, swapped whole each cycle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ActionKey:
+    """Identifies one action across cycles."""
+
+    workspace: str
+    project: str
+    pipeline_id: int
+    action_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionValues:
+    """The metric values of one action, from its last good fetch; ``None`` means unknown."""
+
+    status: str | None
+    action_type: str | None
+    trigger_time: str | None
+    run_next: str | None
+    url: str | None
+    retries: float | None
+    retry_interval: float | None
+    timeout: float | None
+    disabled: bool | None
+    ignore_errors: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One configured or discovered action as the collector sees it."""
+
+    key: ActionKey
+    pipeline: str
+    action: str
+    values: ActionValues | None
+    poll_success: bool
+    last_success: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiStats:
+    """Cumulative request counts and the last seen rate-limit headers."""
+
+    requests: tuple[tuple[str, str, int], ...] = ()
+    rate_limit_remaining: float | None = None
+    rate_limit_limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What ``/metrics`` shows; built by the poller, read by the collector."""
+
+    actions: tuple[ActionRecord, ...] = ()
+    up: bool = False
+    completed: bool = False
+    poll_duration: float | None = None
+    last_poll: float | None = None
+    api: ApiStats = field(default_factory=ApiStats)
+    errors: tuple[tuple[str, int], ...] = ()
