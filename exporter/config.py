@@ -55,7 +55,7 @@ def _check_api_url(value: str) -> str:
 
 def _check_listen_address(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:8398 or :8398)")
     if host.startswith("[") != host.endswith("]"):
         raise ValueError("an IPv6 host must be in brackets, e.g. [::1]:8398")
