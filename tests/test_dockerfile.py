@@ -102,7 +102,9 @@ def test_hadolint_flags_a_named_user(tmp_path: Path) -> None:
         DOCKERFILE.read_text(encoding="utf-8").replace("USER 10001:10001", "USER exporter"),
         encoding="utf-8",
     )
-    result = subprocess.run([tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True
+    )
     assert result.returncode != 0, result.stdout
 
 
@@ -250,6 +252,12 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest() -> None:
         assert not dockerignore_excludes(src.rstrip("/"), patterns), src
     for module in (REPO / "exporter").glob("*.py"):
         assert not dockerignore_excludes(str(module.relative_to(REPO)), patterns), module
-    for dropped in (".git/HEAD", ".venv/bin/python", ".tools/helm/helm", "tests/conftest.py",
-                    "helm/buddy-exporter/Chart.yaml", "exporter/__pycache__/cli.cpython-311.pyc"):
+    for dropped in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        ".tools/helm/helm",
+        "tests/conftest.py",
+        "helm/buddy-exporter/Chart.yaml",
+        "exporter/__pycache__/cli.cpython-311.pyc",
+    ):
         assert dockerignore_excludes(dropped, patterns), dropped

@@ -52,14 +52,18 @@ def helm() -> str:
 def promtool() -> str:
     found = shutil.which("promtool")
     if not found:
-        pytest.fail("promtool not found: apt-get install prometheus (scripts/install-deploy-tools.sh)")
+        pytest.fail(
+            "promtool not found: apt-get install prometheus (scripts/install-deploy-tools.sh)"
+        )
     return found
 
 
 def schema(name: str) -> Path:
     path = SCHEMAS / name
     if not path.is_file():
-        pytest.fail(f"Prometheus Operator schema {path} is missing (shared/ must sit beside the repo)")
+        pytest.fail(
+            f"Prometheus Operator schema {path} is missing (shared/ must sit beside the repo)"
+        )
     return path
 
 
@@ -165,7 +169,10 @@ def test_kubernetes_validate_rejects_an_unknown_field(tmp_path: Path) -> None:
     assert result.returncode != 0, result.stdout
 
 
-OPERATOR_SCHEMAS = {"ServiceMonitor": "servicemonitor-v1.json", "PrometheusRule": "prometheusrule-v1.json"}
+OPERATOR_SCHEMAS = {
+    "ServiceMonitor": "servicemonitor-v1.json",
+    "PrometheusRule": "prometheusrule-v1.json",
+}
 
 
 @pytest.mark.parametrize("values", ALL_VALUES, ids=values_id)
@@ -180,7 +187,9 @@ def test_operator_objects_pass_their_schemas(values: Path, tmp_path: Path) -> No
         for i, doc in enumerate(found):
             path = tmp_path / f"{kind}-{i}.yaml"
             path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-            result = run([tool("check-jsonschema"), "--schemafile", str(schema(schema_file)), str(path)])
+            result = run(
+                [tool("check-jsonschema"), "--schemafile", str(schema(schema_file)), str(path)]
+            )
             assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -276,7 +285,11 @@ def test_config_map_and_token_wiring(values: Path) -> None:
     config_path = Path(config_arg.split("=", 1)[1])
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(config_path.parent))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    cm = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"])
+    cm = next(
+        d
+        for d in of_kind(docs, "ConfigMap")
+        if d["metadata"]["name"] == volume["configMap"]["name"]
+    )
     assert config_path.name in cm["data"]
 
     # buddy.token_file points into the mounted Secret, at the configured key.
@@ -423,7 +436,10 @@ def test_notes_tell_how_to_create_the_missing_secret() -> None:
     argv = [helm(), "install", "rel", str(CHART), "--dry-run=client", "--namespace", "obs"]
     result = run(argv)
     assert result.returncode == 0, result.stderr
-    assert "kubectl -n obs create secret generic rel-buddy-exporter --from-literal=token=" in result.stdout
+    assert (
+        "kubectl -n obs create secret generic rel-buddy-exporter --from-literal=token="
+        in result.stdout
+    )
     result = run([*argv, "--set", "token.value=x"])
     assert result.returncode == 0, result.stderr
     assert "create secret" not in result.stdout

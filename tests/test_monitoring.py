@@ -37,7 +37,9 @@ PROMETHEUS_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_secon
 def promtool() -> str:
     found = shutil.which("promtool")
     if not found:
-        pytest.fail("promtool not found: apt-get install prometheus (scripts/install-deploy-tools.sh)")
+        pytest.fail(
+            "promtool not found: apt-get install prometheus (scripts/install-deploy-tools.sh)"
+        )
     return found
 
 
@@ -61,7 +63,9 @@ def metric_names(expr: str) -> set[str]:
     """Metric names a PromQL expression (or a Grafana label_values() query) reads."""
     for builtin, value in GRAFANA_BUILTINS.items():
         expr = expr.replace(builtin, value)
-    label_values = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", expr, re.S)
+    label_values = re.fullmatch(
+        r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", expr, re.S
+    )
     if label_values:
         expr = label_values.group(1)
     s = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
@@ -71,7 +75,7 @@ def metric_names(expr: str) -> set[str]:
     s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
     names = set()
     for m in re.finditer(r"(?<![A-Za-z0-9_:.])[A-Za-z_:][A-Za-z0-9_:]*", s):
-        if s[m.end():].lstrip().startswith("("):
+        if s[m.end() :].lstrip().startswith("("):
             continue  # a function
         if m.group().lower() in _KEYWORDS:
             continue
@@ -108,7 +112,9 @@ def alert_metric_names() -> set[str]:
 
 
 def test_promtool_check_rules() -> None:
-    result = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(load_rules())} rules found" in result.stdout
 
@@ -138,14 +144,16 @@ def test_required_alerts_exist_with_severity_summary_and_description() -> None:
     rules = load_rules()
     names = [r["alert"] for r in rules]
     assert len(names) == len(set(names)), "duplicate alert names"
-    assert REQUIRED_ALERTS <= set(names)
+    assert set(names) >= REQUIRED_ALERTS
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         assert rule["annotations"]["summary"].strip(), rule["alert"]
         assert rule["annotations"]["description"].strip(), rule["alert"]
 
 
-@pytest.mark.parametrize("alert", ["BuddyActionFailed", "BuddyActionNewlyDisabled", "BuddyPipelineFailing"])
+@pytest.mark.parametrize(
+    "alert", ["BuddyActionFailed", "BuddyActionNewlyDisabled", "BuddyPipelineFailing"]
+)
 def test_object_alerts_name_the_object_and_link_it(alert: str) -> None:
     rule = next(r for r in load_rules() if r["alert"] == alert)
     text = rule["annotations"]["description"]
@@ -153,13 +161,17 @@ def test_object_alerts_name_the_object_and_link_it(alert: str) -> None:
     if alert.startswith("BuddyAction"):
         wanted.append("action")
     for label in wanted:
-        assert "{{ $labels.%s }}" % label in text, (alert, label)
-    assert "_info" in rule["expr"] and "group_left" in rule["expr"], "url comes from the info metric"
+        assert "{{ $labels." + label + " }}" in text, (alert, label)
+    assert "_info" in rule["expr"] and "group_left" in rule["expr"], (
+        "url comes from the info metric"
+    )
 
 
 def test_failure_alerts_skip_disabled_objects() -> None:
     rules = {r["alert"]: r["expr"] for r in load_rules()}
-    assert re.search(r"and\s+ignoring\s*\(status\)\s*\(buddy_action_disabled == 0\)", rules["BuddyActionFailed"])
+    assert re.search(
+        r"and\s+ignoring\s*\(status\)\s*\(buddy_action_disabled == 0\)", rules["BuddyActionFailed"]
+    )
     assert "buddy_pipeline_disabled == 1" in rules["BuddyActionFailed"]
     assert re.search(r"unless\s+ignoring\s*\(status\)\s*\(buddy_pipeline_disabled == 1\)",
                      rules["BuddyPipelineFailing"])  # fmt: skip
@@ -197,7 +209,9 @@ def dashboard_queries() -> list[tuple[str, str]]:
     out = []
     for panel in all_panels(board["panels"]):
         for target in panel.get("targets", []):
-            out.append((f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"]))
+            out.append(
+                (f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"])
+            )
     for var in board["templating"]["list"]:
         if var["type"] == "query":
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
@@ -206,7 +220,9 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def dashboard_metric_names() -> set[str]:
-    return set().union(*(metric_names(expr) for _, expr in dashboard_queries())) - PROMETHEUS_METRICS
+    return (
+        set().union(*(metric_names(expr) for _, expr in dashboard_queries())) - PROMETHEUS_METRICS
+    )
 
 
 def test_dashboard_identity() -> None:
@@ -224,7 +240,7 @@ def test_dashboard_panel_ids_are_unique_and_panels_do_not_overlap() -> None:
     cells: dict[tuple[int, int], int] = {}
     for p in panels:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"panel {p['id']} overlaps panel {cells[(x, y)]}"
@@ -287,8 +303,12 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         rules.append({"record": f"dashboard:query_{i}", "expr": lv.group(1) if lv else expr,
                       "labels": {"where": where}})  # fmt: skip
     path = tmp_path / "dashboard-queries.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
-    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8"
+    )
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
