@@ -443,3 +443,64 @@ def test_notes_tell_how_to_create_the_missing_secret() -> None:
     result = run([*argv, "--set", "token.value=x"])
     assert result.returncode == 0, result.stderr
     assert "create secret" not in result.stdout
+
+
+@pytest.mark.parametrize("values", ALL_VALUES, ids=values_id)
+def test_the_exporter_accepts_the_rendered_config_and_args(values: Path, tmp_path: Path) -> None:
+    # Run the real exporter with the pod's arguments, environment and config.yaml; only
+    # host paths (token file, CA file) and the listen port are swapped for local ones.
+    import socket
+    import time
+    import urllib.request
+
+    import trustme
+
+    docs = render(values)
+    container = exporter_container(workload(docs))
+    config = exporter_config(docs)
+    token_file = tmp_path / "token"
+    token_file.write_text("rendered-config-token\n", encoding="utf-8")
+    config["buddy"]["token_file"] = str(token_file)
+    if "ca_file" in config["buddy"]:
+        ca_file = tmp_path / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        config["buddy"]["ca_file"] = str(ca_file)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = []
+    for arg in container["args"]:
+        if arg.startswith("--config.file="):
+            arg = f"--config.file={config_file}"
+        elif arg.startswith("--web.listen-address="):
+            arg = f"--web.listen-address=127.0.0.1:{port}"
+        args.append(arg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif var["valueFrom"]["fieldRef"]["fieldPath"].endswith("['apps.kubernetes.io/pod-index']"):
+            env[var["name"]] = "1"  # what the second pod of the StatefulSet gets
+    log = tmp_path / "exporter.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "exporter", *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        healthy = False
+        while time.monotonic() < deadline and proc.poll() is None and not healthy:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    healthy = r.status == 200
+            except OSError:
+                time.sleep(0.2)
+        assert healthy, f"exit code {proc.poll()}:\n{log.read_text(errors='replace')[-3000:]}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
