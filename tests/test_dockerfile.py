@@ -261,3 +261,40 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest() -> None:
         "exporter/__pycache__/cli.cpython-311.pyc",
     ):
         assert dockerignore_excludes(dropped, patterns), dropped
+
+
+def test_build_context_builds_a_wheel_with_the_console_script(tmp_path: Path) -> None:
+    # What `docker build` would send (the repository minus .dockerignore) must be
+    # enough for the build stage's `pip wheel .`.
+    import os
+    import zipfile
+
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    context = tmp_path / "context"
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in {".git", ".venv", ".tools", "node_modules"}]
+        for name in files:
+            rel = (Path(root) / name).relative_to(REPO).as_posix()
+            if not dockerignore_excludes(rel, patterns):
+                (context / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, context / rel)
+    assert (context / "pyproject.toml").exists() and (context / "exporter" / "cli.py").exists()
+    assert not list(context.rglob("*.pyc"))
+    wheels = tmp_path / "wheels"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
+         str(context)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = wheels.glob("buddy_exporter-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "buddy-exporter = exporter.cli:main" in zf.read(entry_points).decode()
+    assert "exporter/py.typed" in names
+    assert not [n for n in names if n.startswith("tests/")]
