@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from pydantic import SecretStr
 
 from exporter.client import BuddyClient
-from exporter.config import Settings
+from exporter.config import Connection, Settings
 from exporter.poller import Poller
 from exporter.render import MetricsStore, RenderOptions
 from exporter.server import Health, MetricsServer
@@ -27,29 +27,46 @@ LIVENESS_TIMEOUT_SECONDS = 30.0
 class Exporter:
     """Polls Buddy on a schedule and serves the result; ``start()`` then ``stop()``."""
 
-    def __init__(self, settings: Settings, token: SecretStr) -> None:
+    def __init__(self, settings: Settings, connections: Mapping[str, Connection]) -> None:
         self.settings = settings
-        self.client = BuddyClient(
-            settings.buddy.api_url,
-            token,
-            timeout=settings.buddy.request_timeout_seconds,
-            max_connections=settings.buddy.max_concurrency,
-        )
+        # One client per installation and token, shared by the workspaces that use it.
+        by_connection: dict[tuple[str, str], BuddyClient] = {}
+        self.clients: dict[str, BuddyClient] = {}
+        for workspace, connection in connections.items():
+            key = (connection.api_url, connection.token.get_secret_value())
+            if key not in by_connection:
+                by_connection[key] = BuddyClient(
+                    connection.api_url,
+                    connection.token,
+                    timeout=settings.buddy.request_timeout_seconds,
+                    max_connections=settings.buddy.max_concurrency,
+                )
+            self.clients[workspace] = by_connection[key]
         self.poller = Poller(
             settings.targets,
-            self.client,
+            self.clients,
             self._publish,
             interval_seconds=settings.poll.interval_seconds,
             stale_after_seconds=settings.poll.stale_after_seconds,
+            discovery_interval_seconds=settings.poll.discovery_interval_seconds,
+            fetch_mode=settings.buddy.fetch_mode,
             max_concurrency=settings.buddy.max_concurrency,
+            per_page=settings.buddy.per_page,
+            shard=settings.sharding.shard,
+            total_shards=settings.sharding.total_shards,
         )
         self.store = MetricsStore(
             self.poller.snapshot,
             RenderOptions(settings.poll.interval_seconds, settings.metrics.status_series),
         )
         summary = (
-            f"{len(settings.targets)} configured target(s) at {settings.buddy.api_url}, "
-            f"polled every {settings.poll.interval_seconds:g}s."
+            f"{len(settings.targets)} configured target(s) in {len(self.clients)} workspace(s), "
+            f"polled every {settings.poll.interval_seconds:g}s"
+            + (
+                f", shard {settings.sharding.shard} of {settings.sharding.total_shards}."
+                if settings.sharding.total_shards > 1
+                else "."
+            )
         )
         self.server = MetricsServer(
             settings.web.listen_address, self.store, Health(self._live, self._ready), summary
@@ -109,7 +126,8 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         self.server.stop()
-        await self.client.aclose()
+        for client in {id(c): c for c in self.clients.values()}.values():
+            await client.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, wait for ``stop``, then stop."""

@@ -12,21 +12,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.config import (
     CONFIG_ENV,
     DEFAULT_LISTEN_ADDRESS,
+    TOKEN_ENV,
     ConfigError,
+    Connection,
     LogConfig,
     Settings,
+    ShardingConfig,
     WebConfig,
     build_settings,
     format_validation_error,
     load_settings,
-    resolve_token,
+    resolve_connections,
 )
 from exporter.simulator import Simulator
 
@@ -84,6 +87,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="log level (default: log.level, else info)",
     )  # fmt: skip
     parser.add_argument(
+        "--shard", type=int, metavar="N",
+        help="the shard this replica polls, 0-based (default: sharding.shard, else 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--total-shards", dest="total_shards", type=int, metavar="M",
+        help="how many replicas share the pipelines (default: sharding.total_shards, else 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--demo", action="store_true",
         help="run against a built-in simulated Buddy API (no account or token needed)",
     )  # fmt: skip
@@ -93,66 +104,87 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
     update: dict[str, object] = {}
+    flag = ""
     try:
         if args.listen_address:
+            flag = "--web.listen-address"
             update["web"] = WebConfig(listen_address=args.listen_address)
         if args.log_level:
+            flag = "--log.level"
             update["log"] = LogConfig(level=args.log_level)
+        if args.shard is not None or args.total_shards is not None:
+            flag = "--shard/--total-shards"
+            update["sharding"] = ShardingConfig(
+                shard=settings.sharding.shard if args.shard is None else args.shard,
+                total_shards=(
+                    settings.sharding.total_shards
+                    if args.total_shards is None
+                    else args.total_shards
+                ),
+            )
     except ValidationError as exc:
-        flag = "--web.listen-address" if "listen_address" in str(exc) else "--log.level"
         raise ConfigError(
             [f"{flag}: {line.split(': ', 1)[1]}" for line in format_validation_error(exc)]
         ) from None
     return settings.model_copy(update=update) if update else settings
 
 
-def load(args: argparse.Namespace) -> tuple[Settings, SecretStr, Simulator | None]:
-    """Settings, token and (with --demo) the started simulator; raises ConfigError."""
+def load(
+    args: argparse.Namespace,
+) -> tuple[Settings, dict[str, Connection], Simulator | None]:
+    """Settings, each workspace's connection and (with --demo) the started simulator.
+
+    Raises ConfigError.
+    """
     if args.demo:
-        token = SecretStr(secrets.token_urlsafe(24))
-        sim = Simulator(token=token.get_secret_value())
+        token = secrets.token_urlsafe(24)
+        sim = Simulator(token=token)
         sim.seed_demo()
-        targets = [
-            {"workspace": ws, "project": project, "pipeline_id": pid, "action_id": action["id"]}
-            for ws, project, pid, action in sim.iter_actions()
-        ]
-        sim.start()
-        sim.start_churn(DEMO_INTERVAL_SECONDS * 2)
         data = {
             "buddy": {"api_url": sim.url},
-            "poll": {"interval_seconds": DEMO_INTERVAL_SECONDS, "stale_after_seconds": 60},
-            "targets": targets,
+            "poll": {
+                "interval_seconds": DEMO_INTERVAL_SECONDS,
+                "stale_after_seconds": 60,
+                "discovery_interval_seconds": 30,
+            },
+            "targets": [{"workspace": ws} for ws in sim.workspaces],
         }
-        return _apply_flags(build_settings(data), args), token, sim
+        settings = _apply_flags(build_settings(data), args)
+        connections = resolve_connections(settings, {TOKEN_ENV: token})
+        sim.start()
+        sim.start_churn(DEMO_INTERVAL_SECONDS * 2)
+        return settings, connections, sim
     if not args.config_file:
         raise ConfigError(
             [f"--config.file: required (or set {CONFIG_ENV}); try --demo for a quick look"]
         )
     settings = _apply_flags(load_settings(Path(args.config_file)), args)
-    return settings, resolve_token(settings.buddy), None
+    return settings, resolve_connections(settings), None
 
 
-async def _serve(settings: Settings, token: SecretStr) -> None:
+async def _serve(settings: Settings, connections: dict[str, Connection]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Exporter(settings, token).run(stop)
+    await Exporter(settings, connections).run(stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings, token, sim = load(args)
+        settings, connections, sim = load(args)
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return 2
-    setup_logging(settings.log.level.value, [token.get_secret_value()])
+    setup_logging(
+        settings.log.level.value, [c.token.get_secret_value() for c in connections.values()]
+    )
     if sim is not None:
         log.info("demo mode: simulated Buddy API at %s", sim.url)
     try:
-        asyncio.run(_serve(settings, token))
+        asyncio.run(_serve(settings, connections))
     except OSError as exc:
         address = settings.web.listen_address
         print(

@@ -7,6 +7,7 @@ import json
 import logging
 import ssl
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,14 +15,29 @@ from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.models import error_message
-from exporter.snapshot import ApiStats
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "buddy.v1.1.0"
+PROJECTS_ENDPOINT = "/workspaces/{workspace}/projects"
+PIPELINES_ENDPOINT = "/workspaces/{workspace}/projects/{project}/pipelines"
+PIPELINE_ENDPOINT = "/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}"
+ACTIONS_ENDPOINT = "/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}/actions"
+#: Buddy's documented default page size; a server's maximum cannot be below it.
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGES = 1000
 ACTION_ENDPOINT = (
     "/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}/actions/{action_id}"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiStats:
+    """Cumulative request counts and the last seen rate-limit headers of one client."""
+
+    requests: tuple[tuple[str, str, int], ...] = ()
+    rate_limit_remaining: float | None = None
+    rate_limit_limit: float | None = None
 
 
 class Reason:
@@ -122,6 +138,7 @@ class BuddyClient:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._rate_limit_remaining: float | None = None
         self._rate_limit_limit: float | None = None
+        self._full_pages_seen: set[str] = set()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -142,6 +159,65 @@ class BuddyClient:
             workspace=workspace, project=project, pipeline_id=pipeline_id, action_id=action_id
         )
         return await self.get_json(ACTION_ENDPOINT, path)
+
+    def request_total(self) -> int:
+        """How many requests were made so far."""
+        return sum(self._requests.values())
+
+    async def list_all(
+        self,
+        endpoint: str,
+        path: str,
+        key: str,
+        per_page: int,
+        params: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """Every item of a paginated list endpoint (``{key: [...]}``), or raise :class:`ApiError`.
+
+        Stops on an empty page, on ``total_page_count``, on a page shorter than a full
+        page can be, or when the server ignores pagination (more items than asked for,
+        or the same short page again). The same full page twice means pagination is
+        broken: that raises, so a listing that cannot be complete removes nothing.
+        """
+        items: list[Any] = []
+        seen: set[tuple[str, ...]] = set()
+        for page in range(1, MAX_PAGES + 1):
+            body = await self.get_json(
+                endpoint, path, {**(params or {}), "page": page, "per_page": per_page}
+            )
+            batch = body.get(key) if isinstance(body, dict) else None
+            if not isinstance(batch, list):
+                raise ApiError(
+                    Reason.INVALID_RESPONSE, f"expected a JSON object with a list {key!r}", 200
+                )
+            if not batch:
+                return items
+            fingerprint = tuple(
+                repr(i.get("id", i.get("name"))) if isinstance(i, dict) else repr(i) for i in batch
+            )
+            if fingerprint in seen:
+                if len(batch) == per_page:
+                    raise ApiError(
+                        Reason.INVALID_RESPONSE,
+                        f"page {page} repeats an earlier page: pagination is broken",
+                        200,
+                    )
+                return items  # the endpoint ignores pagination and returned everything again
+            seen.add(fingerprint)
+            items.extend(batch)
+            total_pages = body.get("total_page_count")
+            if isinstance(total_pages, int) and page >= total_pages:
+                return items
+            if len(batch) > per_page:
+                return items  # the endpoint ignores per_page: this was everything
+            if len(batch) == per_page:
+                self._full_pages_seen.add(endpoint)
+            smallest_full_page = (
+                per_page if endpoint in self._full_pages_seen else min(per_page, DEFAULT_PAGE_SIZE)
+            )
+            if len(batch) < smallest_full_page:
+                return items
+        raise ApiError(Reason.INVALID_RESPONSE, f"more than {MAX_PAGES} pages", 200)
 
     async def get_json(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
         """GET ``path`` and decode its JSON body, or raise :class:`ApiError`."""

@@ -14,9 +14,10 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import StatusSeries
 from exporter.models import KNOWN_STATUSES
-from exporter.snapshot import ActionRecord, Snapshot
+from exporter.snapshot import ActionRecord, PipelineRecord, Snapshot
 
 ACTION_LABELS = ("workspace", "project", "pipeline_id", "pipeline", "action_id", "action")
+PIPELINE_LABELS = ("workspace", "project", "pipeline_id", "pipeline")
 
 
 def _action_labels(record: ActionRecord) -> list[str]:
@@ -29,6 +30,11 @@ def _action_labels(record: ActionRecord) -> list[str]:
         str(k.action_id),
         record.action,
     ]
+
+
+def _pipeline_labels(record: PipelineRecord) -> list[str]:
+    k = record.key
+    return [k.workspace, k.project, str(k.pipeline_id), record.name]
 
 
 def _flag(value: bool) -> float:
@@ -61,6 +67,7 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._action_families()
+        yield from self._pipeline_families()
         yield from self._exporter_families()
 
     def _gauge(
@@ -111,13 +118,7 @@ class SnapshotCollector(Collector):
             if v is None:
                 continue
             if v.status is not None:
-                if self._all_statuses:
-                    for known in KNOWN_STATUSES:
-                        status.add_metric([*labels, known], _flag(known == v.status))
-                    if v.status not in KNOWN_STATUSES:
-                        status.add_metric([*labels, v.status], 1.0)
-                else:
-                    status.add_metric([*labels, v.status], 1.0)
+                self._add_status(status, labels, v.status)
             if v.retries is not None:
                 retries.add_metric(labels, v.retries)
             if v.retry_interval is not None:
@@ -135,12 +136,99 @@ class SnapshotCollector(Collector):
         yield from (status, retries, retry_interval, timeout, disabled, ignore_errors, info)
         yield from (success, last_success)
 
+    def _add_status(self, family: GaugeMetricFamily, labels: list[str], current: str) -> None:
+        if not self._all_statuses:
+            family.add_metric([*labels, current], 1.0)
+            return
+        for known in KNOWN_STATUSES:
+            family.add_metric([*labels, known], _flag(known == current))
+        if current not in KNOWN_STATUSES:
+            family.add_metric([*labels, current], 1.0)
+
+    def _pipeline_families(self) -> Iterator[Metric]:
+        status = self._gauge(
+            "buddy_pipeline_last_execution_status",
+            "Status of the pipeline's last execution: 1 for the current status, 0 for the others",
+            (*PIPELINE_LABELS, "status"),
+        )
+        disabled = self._gauge(
+            "buddy_pipeline_disabled", "1 if the pipeline is disabled, else 0", PIPELINE_LABELS
+        )
+        paused = self._gauge(
+            "buddy_pipeline_paused", "1 if the pipeline is paused, else 0", PIPELINE_LABELS
+        )
+        info = self._gauge(
+            "buddy_pipeline_info",
+            "Description of the pipeline, always 1; url is its page in Buddy",
+            (*PIPELINE_LABELS, "url"),
+        )
+        for record in self._snapshot.pipelines:
+            v = record.values
+            if v is None:
+                continue
+            labels = _pipeline_labels(record)
+            if v.status is not None:
+                self._add_status(status, labels, v.status)
+            if v.disabled is not None:
+                disabled.add_metric(labels, _flag(v.disabled))
+            if v.paused is not None:
+                paused.add_metric(labels, _flag(v.paused))
+            info.add_metric([*labels, v.url or ""], 1.0)
+        yield from (status, disabled, paused, info)
+
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self._snapshot
-        yield self._scalar(
+        up = self._gauge(
             "buddy_up",
-            "1 if the last poll cycle reached Buddy and every target succeeded, else 0",
-            _flag(snap.up),
+            "1 if the last poll cycle reached Buddy and every request for the workspace "
+            "succeeded, else 0",
+            ("workspace",),
+        )
+        last_success = self._gauge(
+            "buddy_exporter_last_success_timestamp_seconds",
+            "Unix time of the last poll cycle in which every request for the workspace succeeded",
+            ("workspace",),
+        )
+        remaining = self._gauge(
+            "buddy_exporter_api_rate_limit_remaining",
+            "X-Rate-Limit-Remaining of the last Buddy response for the workspace's token",
+            ("workspace",),
+        )
+        limit = self._gauge(
+            "buddy_exporter_api_rate_limit_limit",
+            "X-Rate-Limit-Limit of the last Buddy response for the workspace's token",
+            ("workspace",),
+        )
+        for ws in snap.workspaces:
+            up.add_metric([ws.workspace], _flag(ws.up))
+            if ws.last_success is not None:
+                last_success.add_metric([ws.workspace], ws.last_success)
+            if ws.rate_limit_remaining is not None:
+                remaining.add_metric([ws.workspace], ws.rate_limit_remaining)
+            if ws.rate_limit_limit is not None:
+                limit.add_metric([ws.workspace], ws.rate_limit_limit)
+        yield from (up, last_success, remaining, limit)
+        if snap.cycle_requests is not None:
+            yield self._scalar(
+                "buddy_exporter_cycle_requests",
+                "Requests the last poll cycle made to the Buddy API",
+                snap.cycle_requests,
+            )
+        targets = self._gauge(
+            "buddy_exporter_targets",
+            "Objects exported after discovery, filters and sharding, by kind",
+            ("kind",),
+        )
+        for kind, count in snap.targets:
+            targets.add_metric([kind], count)
+        yield targets
+        yield self._scalar(
+            "buddy_exporter_shard_ordinal", "The shard this replica polls", snap.shard
+        )
+        yield self._scalar(
+            "buddy_exporter_total_shards",
+            "How many shards the pipelines are split into",
+            snap.total_shards,
         )
         if snap.poll_duration is not None:
             yield self._scalar(
@@ -160,7 +248,7 @@ class SnapshotCollector(Collector):
             '(code="error" when no response came back).',
             labels=["endpoint", "code"],
         )
-        for endpoint, code, count in snap.api.requests:
+        for endpoint, code, count in snap.requests:
             requests.add_metric([endpoint, code], count)
         yield requests
         errors = CounterMetricFamily(
@@ -171,18 +259,6 @@ class SnapshotCollector(Collector):
         for reason, count in snap.errors:
             errors.add_metric([reason], count)
         yield errors
-        if snap.api.rate_limit_remaining is not None:
-            yield self._scalar(
-                "buddy_exporter_api_rate_limit_remaining",
-                "X-Rate-Limit-Remaining from the last Buddy response",
-                snap.api.rate_limit_remaining,
-            )
-        if snap.api.rate_limit_limit is not None:
-            yield self._scalar(
-                "buddy_exporter_api_rate_limit_limit",
-                "X-Rate-Limit-Limit from the last Buddy response",
-                snap.api.rate_limit_limit,
-            )
         build = GaugeMetricFamily(
             "buddy_exporter_build_info", "Version of buddy-exporter, always 1.", labels=["version"]
         )

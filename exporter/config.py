@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -96,6 +98,12 @@ class StatusSeries(StrEnum):
     CURRENT = "current"
 
 
+class FetchMode(StrEnum):
+    AUTO = "auto"
+    LIST = "list"
+    GET = "get"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,6 +116,8 @@ class BuddyConfig(_Strict):
     token_file: Path | None = None
     request_timeout_seconds: PositiveSeconds = 10.0
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    fetch_mode: FetchMode = FetchMode.AUTO
+    per_page: Annotated[int, Field(ge=1, le=1000)] = 30
 
 
 class PollConfig(_Strict):
@@ -115,6 +125,7 @@ class PollConfig(_Strict):
 
     interval_seconds: Annotated[float, Field(ge=0.1, allow_inf_nan=False)] = 60.0
     stale_after_seconds: PositiveSeconds = 600.0
+    discovery_interval_seconds: PositiveSeconds = 300.0
 
     @model_validator(mode="after")
     def _stale_not_shorter_than_interval(self) -> Self:
@@ -126,13 +137,71 @@ class PollConfig(_Strict):
         return self
 
 
+class NameFilter(_Strict):
+    """Anchored regular expressions on names; an unset key matches everything."""
+
+    project: Regex | None = None
+    pipeline: Regex | None = None
+    action: Regex | None = None
+    action_type: Regex | None = None
+
+
 class Target(_Strict):
-    """One action to poll."""
+    """A scope to export: a workspace, a project, a pipeline or one action.
+
+    What a target leaves out is discovered: a workspace alone means all its
+    projects, pipelines and actions.
+    """
 
     workspace: Handle
-    project: Handle
-    pipeline_id: PositiveId
-    action_id: PositiveId
+    project: Handle | None = None
+    pipeline_id: PositiveId | None = None
+    action_id: PositiveId | None = None
+    include: NameFilter = NameFilter()
+    exclude: NameFilter = NameFilter()
+    include_disabled: bool = True
+    include_closed_projects: bool = False
+
+    @model_validator(mode="after")
+    def _scope_is_a_path(self) -> Self:
+        if self.action_id is not None and self.pipeline_id is None:
+            raise ValueError("action_id needs pipeline_id")
+        if self.pipeline_id is not None and self.project is None:
+            raise ValueError("pipeline_id needs project")
+        return self
+
+    @property
+    def scope(self) -> str:
+        """``workspace``, ``project``, ``pipeline`` or ``action``."""
+        if self.action_id is not None:
+            return "action"
+        if self.pipeline_id is not None:
+            return "pipeline"
+        return "project" if self.project is not None else "workspace"
+
+
+class WorkspaceConfig(_Strict):
+    """Connection settings of one workspace, when they differ from ``buddy``."""
+
+    workspace: Handle
+    api_url: ApiUrl | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class ShardingConfig(_Strict):
+    """Which share of the pipelines this replica polls (kube-state-metrics style)."""
+
+    shard: Annotated[int, Field(ge=0)] = 0
+    total_shards: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> Self:
+        if self.shard >= self.total_shards:
+            raise ValueError(
+                f"shard must be below total_shards ({self.shard} >= {self.total_shards})"
+            )
+        return self
 
 
 class WebConfig(_Strict):
@@ -162,7 +231,18 @@ class Settings(BaseSettings):
     web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    sharding: ShardingConfig = ShardingConfig()
+    workspaces: list[WorkspaceConfig] = []
     targets: Annotated[list[Target], Field(min_length=1)]
+
+    @field_validator("workspaces")
+    @classmethod
+    def _workspaces_are_unique(cls, value: list[WorkspaceConfig]) -> list[WorkspaceConfig]:
+        names = [w.workspace for w in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"{', '.join(duplicates)} listed more than once")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -238,27 +318,60 @@ def load_settings(path: Path) -> Settings:
     return build_settings(read_config_file(path))
 
 
+def _token_from(where: str, token: SecretStr | None, token_file: Path | None) -> SecretStr | None:
+    if token_file is not None:
+        try:
+            value = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError([f"{where}.token_file: cannot read {token_file}: {reason}"]) from None
+        if not value:
+            raise ConfigError([f"{where}.token_file: {token_file} is empty"])
+        return SecretStr(value)
+    if token is not None:
+        value = token.get_secret_value().strip()
+        if not value:
+            raise ConfigError([f"{where}.token: is empty"])
+        return SecretStr(value)
+    return None
+
+
 def resolve_token(buddy: BuddyConfig, environ: Mapping[str, str] | None = None) -> SecretStr:
     """The Buddy token: ``BUDDY_TOKEN``, else ``token_file``, else ``token``."""
     env = os.environ if environ is None else environ
     if env.get(TOKEN_ENV, "").strip():
         return SecretStr(env[TOKEN_ENV].strip())
-    if buddy.token_file is not None:
-        try:
-            value = buddy.token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(
-                [f"buddy.token_file: cannot read {buddy.token_file}: {reason}"]
-            ) from None
-        if not value:
-            raise ConfigError([f"buddy.token_file: {buddy.token_file} is empty"])
-        return SecretStr(value)
-    if buddy.token is not None:
-        value = buddy.token.get_secret_value().strip()
-        if not value:
-            raise ConfigError(["buddy.token: is empty"])
-        return SecretStr(value)
-    raise ConfigError(
-        [f"buddy.token: no token given: set {TOKEN_ENV}, buddy.token_file or buddy.token"]
-    )
+    token = _token_from("buddy", buddy.token, buddy.token_file)
+    if token is None:
+        raise ConfigError(
+            [f"buddy.token: no token given: set {TOKEN_ENV}, buddy.token_file or buddy.token"]
+        )
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where and with what token one workspace is reached."""
+
+    api_url: str
+    token: SecretStr
+
+
+def resolve_connections(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dict[str, Connection]:
+    """The connection of every workspace named by a target; raises ConfigError."""
+    overrides = {w.workspace: (i, w) for i, w in enumerate(settings.workspaces)}
+    default: SecretStr | None = None
+    connections: dict[str, Connection] = {}
+    for workspace in dict.fromkeys(t.workspace for t in settings.targets):
+        index, override = overrides.get(workspace, (None, None))
+        token = None
+        if override is not None:
+            token = _token_from(f"workspaces[{index}]", override.token, override.token_file)
+        if token is None:
+            default = default or resolve_token(settings.buddy, environ)
+            token = default
+        api_url = (override.api_url if override else None) or settings.buddy.api_url
+        connections[workspace] = Connection(api_url, token)
+    return connections

@@ -121,6 +121,38 @@ class Action(_Lenient):
     pipeline: PipelineRef | None = None
 
 
+#: The fields an action's metrics are made of: a list item that lacks one of
+#: them is a summary, and the full object must be fetched (``fetch_mode: auto``).
+ACTION_METRIC_FIELDS = frozenset(
+    {
+        "name", "type", "html_url", "trigger_time", "run_next", "last_execution_status",
+        "disabled", "ignore_errors", "timeout", "retry_count", "retry_interval",
+    }
+)  # fmt: skip
+
+
+class Project(_Lenient):
+    """A project (an item of ``GET /workspaces/{w}/projects``); keyed by ``name``."""
+
+    _required_fields: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    name: str
+    status: str | None = None
+
+
+class Pipeline(_Lenient):
+    """A pipeline (``GET .../pipelines/{id}`` or an item of the pipeline list)."""
+
+    _required_fields: ClassVar[frozenset[str]] = frozenset({"id"})
+
+    id: int
+    name: str | None = None
+    html_url: str | None = None
+    last_execution_status: str | None = None
+    disabled: bool | None = None
+    paused: bool | None = None
+
+
 def error_message(body: Any) -> str | None:
     """The message of a Buddy error body (``{"errors":[{"message":…}]}`` or ``{"error":…}``)."""
     if not isinstance(body, dict):

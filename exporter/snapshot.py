@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PipelineKey:
+    """Identifies one pipeline across cycles."""
+
+    workspace: str
+    project: str
+    pipeline_id: int
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -13,6 +22,10 @@ class ActionKey:
     project: str
     pipeline_id: int
     action_id: int
+
+    @property
+    def pipeline_key(self) -> PipelineKey:
+        return PipelineKey(self.workspace, self.project, self.pipeline_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +57,32 @@ class ActionRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class ApiStats:
-    """Cumulative request counts and the last seen rate-limit headers."""
+class PipelineValues:
+    """The metric values of one pipeline; ``None`` means unknown."""
 
-    requests: tuple[tuple[str, str, int], ...] = ()
+    status: str | None
+    disabled: bool | None
+    paused: bool | None
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRecord:
+    """One discovered pipeline."""
+
+    key: PipelineKey
+    name: str
+    values: PipelineValues | None
+    last_success: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceRecord:
+    """Health of one workspace's polling."""
+
+    workspace: str
+    up: bool
+    last_success: float | None
     rate_limit_remaining: float | None = None
     rate_limit_limit: float | None = None
 
@@ -57,9 +92,14 @@ class Snapshot:
     """What ``/metrics`` shows; built by the poller, read by the collector."""
 
     actions: tuple[ActionRecord, ...] = ()
-    up: bool = False
+    pipelines: tuple[PipelineRecord, ...] = ()
+    workspaces: tuple[WorkspaceRecord, ...] = ()
     completed: bool = False
     poll_duration: float | None = None
     last_poll: float | None = None
-    api: ApiStats = field(default_factory=ApiStats)
+    cycle_requests: int | None = None
+    requests: tuple[tuple[str, str, int], ...] = ()
     errors: tuple[tuple[str, int], ...] = ()
+    targets: tuple[tuple[str, int], ...] = ()
+    shard: int = 0
+    total_shards: int = 1

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from exporter.app import Exporter
-from exporter.config import Settings, build_settings
+from exporter.config import Settings, build_settings, resolve_connections
 from exporter.simulator import Simulator
 
 TOKEN = "tok-3f9a1c77-secret-value"  # distinctive, so a leak is easy to grep for
@@ -129,7 +128,7 @@ class RunningExporter:
 
     def __init__(self, settings: Settings, token: str = TOKEN) -> None:
         self.settings = settings
-        self.exporter = Exporter(settings, SecretStr(token))
+        self.exporter = Exporter(settings, resolve_connections(settings, {"BUDDY_TOKEN": token}))
         self.loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._main, name="exporter-under-test", daemon=True)

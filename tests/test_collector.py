@@ -11,7 +11,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.config import StatusSeries
 from exporter.models import KNOWN_STATUSES
 from exporter.render import Exposition, Format, RenderOptions, render
-from exporter.snapshot import ActionKey, ActionRecord, ActionValues, ApiStats, Snapshot
+from exporter.snapshot import (
+    ActionKey,
+    ActionRecord,
+    ActionValues,
+    PipelineKey,
+    PipelineRecord,
+    PipelineValues,
+    Snapshot,
+    WorkspaceRecord,
+)
 
 KEY = ActionKey("acme", "shop", 1, 101)
 LABELS = {"workspace": "acme", "project": "shop", "pipeline_id": "1", "pipeline": "Deploy",
@@ -83,40 +92,78 @@ def test_unknown_values_give_no_series_not_zero() -> None:
 
 
 def test_never_fetched_target_shows_poll_success_0_with_empty_names() -> None:
-    out = text(Snapshot(actions=(ActionRecord(KEY, "", "", None, False, None),)))
+    out = text(Snapshot(actions=(ActionRecord(KEY, "", "", None, False, None),),
+                        workspaces=(WorkspaceRecord("acme", False, None),)))  # fmt: skip
     assert find(out, "buddy_action_poll_success") == [
         ({**LABELS, "pipeline": "", "action": ""}, 0.0)
     ]
     assert find(out, "buddy_action_last_success_timestamp_seconds") == []
-    assert value(out, "buddy_up") == 0
+    assert value(out, "buddy_up", workspace="acme") == 0
+    assert find(out, "buddy_exporter_last_success_timestamp_seconds") == []
 
 
 def test_self_metrics() -> None:
-    api = ApiStats(
-        requests=(("/x", "200", 5), ("/x", "error", 1)),
-        rate_limit_remaining=42,
-        rate_limit_limit=1000,
+    snap = snapshot(
+        workspaces=(WorkspaceRecord("acme", True, 1700000000.0, 42, 1000), WorkspaceRecord("labs", False, None)),
+        poll_duration=0.25, last_poll=1700000000.0, cycle_requests=17,
+        requests=(("/x", "200", 5), ("/x", "error", 1)), errors=(("timeout", 3),),
+        targets=(("action", 3), ("pipeline", 2), ("project", 1)), shard=1, total_shards=3,
+    )  # fmt: skip
+    out = text(snap)
+    assert value(out, "buddy_up", workspace="acme") == 1
+    assert value(out, "buddy_up", workspace="labs") == 0
+    assert (
+        value(out, "buddy_exporter_last_success_timestamp_seconds", workspace="acme") == 1700000000
     )
-    out = text(
-        snapshot(
-            up=True, poll_duration=0.25, last_poll=1700000000.0, api=api, errors=(("timeout", 3),)
-        )
-    )
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_exporter_last_success_timestamp_seconds", workspace="labs") is None
     assert value(out, "buddy_exporter_poll_duration_seconds") == 0.25
     assert value(out, "buddy_exporter_last_poll_timestamp_seconds") == 1700000000
+    assert value(out, "buddy_exporter_cycle_requests") == 17
     assert value(out, "buddy_exporter_api_requests_total", endpoint="/x", code="200") == 5
     assert value(out, "buddy_exporter_api_requests_total", endpoint="/x", code="error") == 1
-    assert value(out, "buddy_exporter_api_rate_limit_remaining") == 42
-    assert value(out, "buddy_exporter_api_rate_limit_limit") == 1000
+    assert value(out, "buddy_exporter_api_rate_limit_remaining", workspace="acme") == 42
+    assert value(out, "buddy_exporter_api_rate_limit_limit", workspace="acme") == 1000
     assert value(out, "buddy_exporter_errors_total", reason="timeout") == 3
+    assert value(out, "buddy_exporter_targets", kind="action") == 3
+    assert value(out, "buddy_exporter_targets", kind="project") == 1
+    assert value(out, "buddy_exporter_shard_ordinal") == 1
+    assert value(out, "buddy_exporter_total_shards") == 3
     assert find(out, "buddy_exporter_build_info")[0][1] == 1
 
 
 def test_rate_limit_gauges_absent_until_seen() -> None:
-    out = text(snapshot())
+    out = text(snapshot(workspaces=(WorkspaceRecord("acme", True, 1.0),)))
     assert find(out, "buddy_exporter_api_rate_limit_remaining") == []
     assert find(out, "buddy_exporter_api_rate_limit_limit") == []
+
+
+def test_pipeline_metrics() -> None:
+    key = PipelineKey("acme", "shop", 1)
+    labels = {"workspace": "acme", "project": "shop", "pipeline_id": "1", "pipeline": "Deploy"}
+    record = PipelineRecord(
+        key, "Deploy", PipelineValues("FAILED", False, True, "https://x/p/1"), 1.0
+    )
+    out = text(snapshot(pipelines=(record,)))
+    series = find(out, "buddy_pipeline_last_execution_status", **labels)
+    assert len(series) == len(KNOWN_STATUSES)
+    assert [lab["status"] for lab, v in series if v == 1] == ["FAILED"]
+    assert value(out, "buddy_pipeline_disabled", **labels) == 0
+    assert value(out, "buddy_pipeline_paused", **labels) == 1
+    assert find(out, "buddy_pipeline_info", **labels) == [({**labels, "url": "https://x/p/1"}, 1.0)]
+
+
+def test_pipeline_unknown_values_give_no_series() -> None:
+    record = PipelineRecord(
+        PipelineKey("acme", "shop", 1), "Deploy", PipelineValues(None, None, None, None), 1.0
+    )
+    out = text(snapshot(pipelines=(record,)))
+    for name in (
+        "buddy_pipeline_last_execution_status",
+        "buddy_pipeline_disabled",
+        "buddy_pipeline_paused",
+    ):
+        assert find(out, name) == [], name
+    assert len(find(out, "buddy_pipeline_info")) == 1
 
 
 def test_help_text_names_the_poll_interval() -> None:

@@ -91,8 +91,36 @@ def test_bad_environment_value_names_the_field(
             "targets[0].pipeline_id: Input should be a valid integer",
         ),
         (
-            with_changes(targets=[{"workspace": "acme", "project": "shop", "pipeline_id": 1}]),
-            "targets[0].action_id: required key is missing",
+            with_changes(targets=[{"workspace": "acme", "project": "shop", "action_id": 1}]),
+            "targets[0]: action_id needs pipeline_id",
+        ),
+        (
+            with_changes(targets=[{"workspace": "acme", "pipeline_id": 1}]),
+            "targets[0]: pipeline_id needs project",
+        ),
+        (
+            with_changes(targets=[{"workspace": "acme", "include": {"project": "(unclosed"}}]),
+            "targets[0].include.project: not a valid regular expression: missing ), unterminated subpattern",
+        ),
+        (
+            with_changes(targets=[{"workspace": "acme", "include": {"projects": "x"}}]),
+            "targets[0].include.projects: unknown key",
+        ),
+        (
+            with_changes(buddy__fetch_mode="sometimes"),
+            "buddy.fetch_mode: Input should be 'auto', 'list' or 'get'",
+        ),
+        (
+            with_changes(sharding={"shard": 3, "total_shards": 3}),
+            "sharding: shard must be below total_shards (3 >= 3)",
+        ),
+        (
+            with_changes(workspaces=[{"workspace": "a"}, {"workspace": "a"}]),
+            "workspaces: a listed more than once",
+        ),
+        (
+            with_changes(workspaces=[{"workspace": "a", "api_url": "nope"}]),
+            "workspaces[0].api_url: must be an http:// or https:// URL",
         ),
         (
             with_changes(
