@@ -111,6 +111,8 @@ class Simulator:
         self.default_token = token
         self.base_path = base_path.rstrip("/")
         self.list_actions = list_actions  # "summary" (like the docs' sample) or "full"
+        self.paginate_actions = False  # the docs mention no pagination for the action list
+        self.broken_pagination = False  # every page of every list is page 1, forever
         self.rate_limit = rate_limit
         self.rate_limit_window = rate_limit_window
         self.rate_limit_headers = True
@@ -236,6 +238,20 @@ class Simulator:
             pipeline = self._pipeline(workspace, project, pipeline_id)
             assert pipeline is not None, "no such pipeline"
             pipeline.actions[action_id].update(fields)
+
+    def update_pipeline(
+        self, workspace: str, project: str, pipeline_id: int, **fields: Any
+    ) -> None:
+        with self.lock:
+            pipeline = self._pipeline(workspace, project, pipeline_id)
+            assert pipeline is not None, "no such pipeline"
+            if "name" in fields:
+                pipeline.name = fields.pop("name")
+            pipeline.fields.update(fields)
+
+    def remove_pipeline(self, workspace: str, project: str, pipeline_id: int) -> None:
+        with self.lock:
+            del self.workspaces[workspace].projects[project].pipelines[pipeline_id]
 
     def remove_action(self, workspace: str, project: str, pipeline_id: int, action_id: int) -> None:
         with self.lock:
@@ -431,7 +447,10 @@ class Simulator:
             return 200, _json(
                 {
                     "url": self._api(base),
-                    "projects": [self._project_json(ws, p) for p in _page(items, query)],
+                    "projects": [
+                        self._project_json(ws, p)
+                        for p in _page(items, query, self.broken_pagination)
+                    ],
                 }
             )
         project = ws.projects.get(match["project"])
@@ -440,7 +459,7 @@ class Simulator:
         if match["pipelines"] is None:
             return 200, _json(self._project_json(ws, project))
         if match["pipeline"] is None:
-            page = _page(list(project.pipelines.values()), query)
+            page = _page(list(project.pipelines.values()), query, self.broken_pagination)
             return 200, _json(
                 {
                     "url": self._api(f"{base}/{project.name}/pipelines"),
@@ -458,6 +477,8 @@ class Simulator:
             ]
             if self.list_actions == "summary":
                 actions = [{k: a[k] for k in SUMMARY_FIELDS if k in a} for a in actions]
+            if self.paginate_actions:
+                actions = _page(actions, query, self.broken_pagination)
             return 200, _json(
                 {
                     "url": self._api(f"{base}/{project.name}/pipelines/{pipeline.id}/actions"),
@@ -524,8 +545,8 @@ def _int(raw: str) -> int:
         return -1
 
 
-def _page(items: list[Any], query: dict[str, str]) -> list[Any]:
-    page = max(_int(query.get("page", "1")), 1)
+def _page(items: list[Any], query: dict[str, str], broken: bool = False) -> list[Any]:
+    page = 1 if broken else max(_int(query.get("page", "1")), 1)
     per_page = min(max(_int(query.get("per_page", "20")), 1), 100)
     return items[(page - 1) * per_page : page * per_page]
 
