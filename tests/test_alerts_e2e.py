@@ -382,4 +382,5 @@ def test_dashboard_queries_run_on_prometheus(prometheus: str, core_exporter: Pro
         "buddy_action_disabled == 0", f'buddy_action_disabled{{instance="{instance}"}} == 0'
     )
     assert scoped != substitute(failing)
-    assert query(prometheus, scoped)[0]["value"][1] == "2"
+    # (An earlier test flips 102 to SUCCESSFUL and back; wait for the scrape that sees it.)
+    wait_for(lambda: query(prometheus, scoped)[0]["value"][1] == "2", "2 failing actions")
