@@ -54,6 +54,8 @@ from exporter.snapshot import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A bad day at Buddy fails thousands of fetches at once: log a few, then sum up.
+LOG_LINES_PER_REASON = 5
 
 
 def action_values(action: Action) -> ActionValues:
@@ -196,6 +198,11 @@ class _Fetcher:
         self._memo: dict[str, asyncio.Task[Any]] = {}
         self.failed_workspaces: set[str] = set()
         self.succeeded: set[str] = set()
+        self._logged: Counter[str] = Counter()
+        self.unlogged: Counter[str] = Counter()
+
+    def requested(self, what: str) -> bool:
+        return what in self._memo
 
     async def _once(
         self, workspace: str, what: str, call: Callable[[], Coroutine[Any, Any, T]]
@@ -224,8 +231,12 @@ class _Fetcher:
         if exc.reason != Reason.NOT_FOUND:
             self.failed_workspaces.add(workspace)
         if self._failing.get(what) != exc.reason:
-            log.warning("fetching %s failed (%s): %s", what, exc.reason, exc.detail)
             self._failing[what] = exc.reason
+            if self._logged[exc.reason] < LOG_LINES_PER_REASON:
+                self._logged[exc.reason] += 1
+                log.warning("fetching %s failed (%s): %s", what, exc.reason, exc.detail)
+            else:
+                self.unlogged[exc.reason] += 1
 
     def _parse_items(self, what: str, items: Iterable[Any], model: type[T]) -> list[T]:
         parsed = []
@@ -427,9 +438,17 @@ class Poller:
         return snapshot
 
     def _forget_recovered(self, fetcher: _Fetcher) -> None:
-        for what in [w for w in self._failing if w in fetcher.succeeded]:
+        for reason, count in sorted(fetcher.unlogged.items()):
+            log.warning("%d more fetches failed (%s) in this cycle", count, reason)
+        recovered = [w for w in self._failing if w in fetcher.succeeded]
+        for what in recovered[:LOG_LINES_PER_REASON]:
             log.info("%s recovered", what)
+        if len(recovered) > LOG_LINES_PER_REASON:
+            log.info("%d more objects recovered", len(recovered) - LOG_LINES_PER_REASON)
+        for what in recovered:
             del self._failing[what]
+        for what in [w for w in self._failing if not fetcher.requested(w)]:
+            del self._failing[what]  # no longer polled: forget it
 
     # -- walking the scopes ----------------------------------------------------------
     async def _walk_target(

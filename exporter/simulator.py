@@ -613,3 +613,45 @@ def _make_handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the simulator on its own: ``python -m exporter.simulator --help``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m exporter.simulator", description=main.__doc__)
+    parser.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
+    )
+    parser.add_argument("--token", default="sim-token", help="the bearer token it accepts")
+    parser.add_argument(
+        "--demo", action="store_true", help="the demo company instead of a generated one"
+    )
+    parser.add_argument("--workspace", default="acme")
+    parser.add_argument("--projects", type=int, default=10)
+    parser.add_argument("--pipelines", type=int, default=5, help="per project")
+    parser.add_argument("--actions", type=int, default=10, help="per pipeline")
+    parser.add_argument("--list-actions", choices=["summary", "full"], default="summary")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds added to every response"
+    )
+    args = parser.parse_args(argv)
+    sim = Simulator(port=args.port, token=args.token, list_actions=args.list_actions)
+    if args.demo:
+        sim.seed_demo()
+    else:
+        sim.seed_generated(args.workspace, args.projects, args.pipelines, args.actions)
+    if args.latency:
+        sim.add_fault(Fault(delay=args.latency, passthrough=True))
+    sim.start()
+    print(sim.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -148,11 +148,11 @@ class RunningExporter:
 
         self.loop.run_until_complete(run())
 
-    def start(self, wait_ready: bool = True) -> RunningExporter:
+    def start(self, wait_ready: bool = True, ready_timeout: float = 10.0) -> RunningExporter:
         self._thread.start()
         self._started.wait(5)
         if wait_ready:
-            wait_for(lambda: http_get(self.url + "/readyz")[0] == 200)
+            wait_for(lambda: http_get(self.url + "/readyz")[0] == 200, timeout=ready_timeout)
         return self
 
     def poll(self) -> None:

@@ -453,3 +453,16 @@ def test_failure_logs_name_the_object(
         "(server_error): HTTP 502: Simulated HTTP 502"
     ]  # once, not every cycle
     assert any("action_id=10 recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_mass_failure_logs_a_few_lines_then_a_sum(
+    company: Simulator, run_exporter: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    with company:
+        exporter = run_exporter(cfg(company, [{"workspace": "acme"}]))
+        company.add_fault(Fault(path=r"/actions/\d+$", status=502))
+        caplog.clear()
+        exporter.poll()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([line for line in lines if line.startswith("fetching action")]) == 5
+    assert "13 more fetches failed (server_error) in this cycle" in lines
