@@ -1,18 +1,22 @@
-"""The exporter's lifecycle: one object owns the scheduler, the Buddy client and the server."""
+"""The exporter's lifecycle: one object owns the scheduler, the Buddy clients and the server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from exporter import logs
 from exporter.client import BuddyClient
-from exporter.config import Connection, Settings
+from exporter.config import ConfigError, Connection, Settings
 from exporter.poller import Poller
 from exporter.render import MetricsStore, RenderOptions
 from exporter.server import Health, MetricsServer
@@ -23,59 +27,126 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 LIVENESS_TIMEOUT_SECONDS = 30.0
 
+Reloader = Callable[[], tuple[Settings, dict[str, Connection]]]
+
+
+def make_clients(
+    settings: Settings, connections: Mapping[str, Connection]
+) -> dict[str, BuddyClient]:
+    """One client per installation and token, shared by the workspaces that use it."""
+    by_connection: dict[tuple[str, str], BuddyClient] = {}
+    clients: dict[str, BuddyClient] = {}
+    for workspace, connection in connections.items():
+        key = (connection.api_url, connection.token.get_secret_value())
+        if key not in by_connection:
+            by_connection[key] = BuddyClient(
+                connection.api_url,
+                connection.token,
+                timeout=settings.buddy.request_timeout_seconds,
+                max_connections=settings.buddy.max_concurrency,
+            )
+        clients[workspace] = by_connection[key]
+    return clients
+
+
+def make_poller(
+    settings: Settings,
+    clients: Mapping[str, BuddyClient],
+    publish: Callable[[Snapshot], Awaitable[None]],
+    previous: Snapshot | None = None,
+) -> Poller:
+    poller = Poller(
+        settings.targets,
+        clients,
+        publish,
+        interval_seconds=settings.poll.interval_seconds,
+        stale_after_seconds=settings.poll.stale_after_seconds,
+        discovery_interval_seconds=settings.poll.discovery_interval_seconds,
+        fetch_mode=settings.buddy.fetch_mode,
+        max_concurrency=settings.buddy.max_concurrency,
+        per_page=settings.buddy.per_page,
+        shard=settings.sharding.shard,
+        total_shards=settings.sharding.total_shards,
+    )
+    if previous is not None and previous.completed:
+        # Keep the last good values across a reload, so nothing flaps.
+        poller.snapshot = previous
+    return poller
+
+
+def _unique(clients: Mapping[str, BuddyClient]) -> list[BuddyClient]:
+    return list({id(c): c for c in clients.values()}.values())
+
+
+def _file_state(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    state = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            state.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            state.append((str(path), -1, -1))
+    return tuple(state)
+
 
 class Exporter:
-    """Polls Buddy on a schedule and serves the result; ``start()`` then ``stop()``."""
+    """Polls Buddy on a schedule and serves the result; ``start()`` then ``stop()``.
 
-    def __init__(self, settings: Settings, connections: Mapping[str, Connection]) -> None:
+    ``reloader`` re-reads the configuration (on SIGHUP via :meth:`request_reload`, or
+    when a file in ``watch`` changes); a valid one takes effect at the next cycle.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        connections: Mapping[str, Connection],
+        *,
+        reloader: Reloader | None = None,
+        watch: Sequence[Path] = (),
+    ) -> None:
         self.settings = settings
-        # One client per installation and token, shared by the workspaces that use it.
-        by_connection: dict[tuple[str, str], BuddyClient] = {}
-        self.clients: dict[str, BuddyClient] = {}
-        for workspace, connection in connections.items():
-            key = (connection.api_url, connection.token.get_secret_value())
-            if key not in by_connection:
-                by_connection[key] = BuddyClient(
-                    connection.api_url,
-                    connection.token,
-                    timeout=settings.buddy.request_timeout_seconds,
-                    max_connections=settings.buddy.max_concurrency,
-                )
-            self.clients[workspace] = by_connection[key]
-        self.poller = Poller(
-            settings.targets,
-            self.clients,
-            self._publish,
-            interval_seconds=settings.poll.interval_seconds,
-            stale_after_seconds=settings.poll.stale_after_seconds,
-            discovery_interval_seconds=settings.poll.discovery_interval_seconds,
-            fetch_mode=settings.buddy.fetch_mode,
-            max_concurrency=settings.buddy.max_concurrency,
-            per_page=settings.buddy.per_page,
-            shard=settings.sharding.shard,
-            total_shards=settings.sharding.total_shards,
-        )
-        self.store = MetricsStore(
-            self.poller.snapshot,
-            RenderOptions(settings.poll.interval_seconds, settings.metrics.status_series),
-        )
-        summary = (
-            f"{len(settings.targets)} configured target(s) in {len(self.clients)} workspace(s), "
-            f"polled every {settings.poll.interval_seconds:g}s"
-            + (
-                f", shard {settings.sharding.shard} of {settings.sharding.total_shards}."
-                if settings.sharding.total_shards > 1
-                else "."
-            )
-        )
+        self.clients = make_clients(settings, connections)
+        self.poller = make_poller(settings, self.clients, self._publish)
+        self.store = MetricsStore(self.poller.snapshot, self._render_options(settings))
         self.server = MetricsServer(
-            settings.web.listen_address, self.store, Health(self._live, self._ready), summary
+            settings.web.listen_address,
+            self.store,
+            Health(self._live, self._ready),
+            self._summary(settings),
         )
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._beat = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._reloader = reloader
+        self._watch = tuple(watch)
+        self._watch_state = _file_state(self._watch)
+        self._reload_requested = False
+        self._reload_ok = True
+        self._reload_success_time = time.time()
+
+    @staticmethod
+    def _render_options(settings: Settings) -> RenderOptions:
+        return RenderOptions(settings.poll.interval_seconds, settings.metrics.status_series)
+
+    @staticmethod
+    def _summary(settings: Settings) -> str:
+        shards = settings.sharding
+        return (
+            f"{len(settings.targets)} configured target(s), "
+            f"polled every {settings.poll.interval_seconds:g}s"
+            + (
+                f", shard {shards.shard} of {shards.total_shards}."
+                if shards.total_shards > 1
+                else "."
+            )
+        )
 
     async def _publish(self, snapshot: Snapshot) -> None:
+        snapshot = dataclasses.replace(
+            snapshot,
+            config_reload_successful=self._reload_ok,
+            config_reload_success_timestamp=self._reload_success_time,
+        )
         # Rendering is CPU work: keep it off the event loop.
         await asyncio.to_thread(self.store.publish, snapshot)
 
@@ -95,12 +166,63 @@ class Exporter:
             self._beat = time.monotonic()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
+    async def _poll(self) -> None:
+        if self._watch and _file_state(self._watch) != self._watch_state:
+            log.info("a watched file changed (config or token file): reloading")
+            self._reload_requested = True
+        if self._reload_requested:
+            self._reload_requested = False
+            await self.reload()
+        await self.poller.poll_once()
+
+    def request_reload(self) -> None:
+        """Ask for a reload before the next cycle (the SIGHUP handler)."""
+        log.info("reload requested")
+        self._reload_requested = True
+        with contextlib.suppress(Exception):  # the job may be running; the flag is enough then
+            self.scheduler.modify_job("poll", next_run_time=datetime.now(UTC))
+
+    async def reload(self) -> bool:
+        """Re-read the configuration now; a bad one is logged and the old one stays."""
+        if self._reloader is None:
+            return False
+        self._watch_state = _file_state(self._watch)
+        try:
+            settings, connections = await asyncio.to_thread(self._reloader)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("reload rejected, keeping the running configuration: %s", line)
+            self._reload_ok = False
+            await self._publish(self.poller.snapshot)
+            return False
+        for connection in connections.values():
+            logs.redact(connection.token.get_secret_value())
+        old_clients = _unique(self.clients)
+        self.clients = make_clients(settings, connections)
+        self.poller = make_poller(settings, self.clients, self._publish, self.poller.snapshot)
+        self.store.options = self._render_options(settings)
+        if settings.web != self.settings.web:
+            log.warning("web.listen_address changed: it takes effect at the next restart")
+        if settings.log != self.settings.log:
+            logs.set_level(settings.log.level.value)
+        if settings.poll.interval_seconds != self.settings.poll.interval_seconds:
+            self.scheduler.reschedule_job(
+                "poll", trigger="interval", seconds=settings.poll.interval_seconds
+            )
+        self.settings = settings
+        self._reload_ok = True
+        self._reload_success_time = time.time()
+        for client in old_clients:
+            await client.aclose()
+        log.info("configuration reloaded: %s", self._summary(settings))
+        return True
+
     async def start(self) -> None:
         """Bind the server, then run the first poll at once and every interval after."""
         self.server.start()
         self._heartbeat = asyncio.create_task(self._beat_forever())
         self.scheduler.add_job(
-            self.poller.poll_once,
+            self._poll,
             "interval",
             seconds=self.settings.poll.interval_seconds,
             next_run_time=datetime.now(UTC),
@@ -111,10 +233,9 @@ class Exporter:
         )
         self.scheduler.start()
         log.info(
-            "listening on %s, polling %d target(s) every %gs",
+            "listening on %s, %s",
             self.settings.web.listen_address,
-            len(self.settings.targets),
-            self.settings.poll.interval_seconds,
+            self._summary(self.settings),
         )
 
     async def stop(self) -> None:
@@ -126,7 +247,7 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         self.server.stop()
-        for client in {id(c): c for c in self.clients.values()}.values():
+        for client in _unique(self.clients):
             await client.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -31,40 +31,12 @@ from exporter.config import (
     load_settings,
     resolve_connections,
 )
+from exporter.logs import redact, setup_logging
 from exporter.simulator import Simulator
 
 log = logging.getLogger("exporter")
 
 DEMO_INTERVAL_SECONDS = 5.0
-
-
-class RedactingFormatter(logging.Formatter):
-    """Formats log records and removes secrets from the final text, tracebacks included."""
-
-    def __init__(self, fmt: str, secrets_: Sequence[str]) -> None:
-        super().__init__(fmt, datefmt="%Y-%m-%dT%H:%M:%S%z")
-        self._secrets = [s for s in secrets_ if s]
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for secret in self._secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
-
-
-def setup_logging(level: str, secrets_: Sequence[str]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        RedactingFormatter(
-            "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s", secrets_
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # Per-request lines from libraries are noise at info level.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -162,12 +134,37 @@ def load(
     return settings, resolve_connections(settings), None
 
 
-async def _serve(settings: Settings, connections: dict[str, Connection]) -> None:
+def _reloader(args: argparse.Namespace) -> Callable[[], tuple[Settings, dict[str, Connection]]]:
+    def reload() -> tuple[Settings, dict[str, Connection]]:
+        settings, connections, _ = load(args)
+        return settings, connections
+
+    return reload
+
+
+def watched_files(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    """The config file and token files: a change to any of them triggers a reload."""
+    files = [Path(args.config_file)] if args.config_file else []
+    files += [p for p in [settings.buddy.token_file] if p is not None]
+    files += [w.token_file for w in settings.workspaces if w.token_file is not None]
+    return files
+
+
+async def _serve(
+    settings: Settings, connections: dict[str, Connection], args: argparse.Namespace
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    exporter = Exporter(
+        settings,
+        connections,
+        reloader=None if args.demo else _reloader(args),
+        watch=() if args.demo else watched_files(args, settings),
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Exporter(settings, connections).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, exporter.request_reload)
+    await exporter.run(stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,13 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return 2
-    setup_logging(
-        settings.log.level.value, [c.token.get_secret_value() for c in connections.values()]
-    )
+    for connection in connections.values():
+        redact(connection.token.get_secret_value())
+    setup_logging(settings.log.level.value)
     if sim is not None:
         log.info("demo mode: simulated Buddy API at %s", sim.url)
     try:
-        asyncio.run(_serve(settings, connections))
+        asyncio.run(_serve(settings, connections, args))
     except OSError as exc:
         address = settings.web.listen_address
         print(

@@ -259,6 +259,17 @@ class SnapshotCollector(Collector):
         for reason, count in snap.errors:
             errors.add_metric([reason], count)
         yield errors
+        yield self._scalar(
+            "buddy_exporter_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried), else 0",
+            _flag(snap.config_reload_successful),
+        )
+        if snap.config_reload_success_timestamp is not None:
+            yield self._scalar(
+                "buddy_exporter_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful configuration load",
+                snap.config_reload_success_timestamp,
+            )
         build = GaugeMetricFamily(
             "buddy_exporter_build_info", "Version of buddy-exporter, always 1.", labels=["version"]
         )

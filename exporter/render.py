@@ -90,7 +90,7 @@ class MetricsStore:
     """Holds the current exposition; the poller replaces it, the server reads it."""
 
     def __init__(self, initial: Snapshot, options: RenderOptions) -> None:
-        self._options = options
+        self.options = options  # replaced on a config reload; used from the next snapshot on
         self._wanted: set[tuple[Format, bool]] = {(Format.TEXT, False)}
         self.current = Exposition(initial, options)
 
@@ -103,7 +103,7 @@ class MetricsStore:
 
         Scrapes meanwhile keep getting the previous complete bytes.
         """
-        exposition = Exposition(snapshot, self._options)
+        exposition = Exposition(snapshot, self.options)
         for fmt, compressed in sorted(self._wanted, key=lambda k: (k[0].value, k[1])):
             exposition.get(fmt, compressed)
         self.current = exposition

@@ -103,3 +103,5 @@ class Snapshot:
     targets: tuple[tuple[str, int], ...] = ()
     shard: int = 0
     total_shards: int = 1
+    config_reload_successful: bool = True
+    config_reload_success_timestamp: float | None = None
