@@ -362,6 +362,14 @@ class Simulator:
                             "TERMINATED",
                         )
                     )
+            for ws in self.workspaces.values():
+                for project in ws.projects.values():
+                    for pipeline in project.pipelines.values():
+                        statuses = {a["last_execution_status"] for a in pipeline.actions.values()}
+                        pipeline.fields["last_execution_status"] = next(
+                            (s for s in ("FAILED", "INPROGRESS", "ENQUEUED") if s in statuses),
+                            "SUCCESSFUL",
+                        )
 
     def start_churn(self, every_seconds: float, seed: int = 0) -> None:
         rng = random.Random(seed)

@@ -244,10 +244,19 @@ def test_cli_bad_config_exits_2_with_field_lines_and_no_traceback(tmp_path: Path
         (["--web.listen-address", "nope"], "--web.listen-address: must be HOST:PORT"),
         (["--log.level", "loud"], "argument --log.level: invalid choice"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (
+            ["--shard", "2", "--total-shards", "2"],
+            "--shard/--total-shards: shard must be below total_shards (2 >= 2)",
+        ),
+        (
+            ["--total-shards", "0"],
+            "--shard/--total-shards: Input should be greater than or equal to 1",
+        ),
+        (["--shard", "x"], "argument --shard: invalid int value: 'x'"),
     ],
 )
 def test_cli_errors_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
-    if args[:1] == ["--web.listen-address"]:
+    if args[:1] in (["--web.listen-address"], ["--shard"], ["--total-shards"]):
         args = [
             "--config.file",
             str(write_config(tmp_path, with_changes(buddy__token=TOKEN))),

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import TOKEN, config_for, find, http_get, value, wait_for
+
 from exporter.simulator import Simulator
 
 
