@@ -610,7 +610,13 @@ class Poller:
     ) -> None:
         action = await fetcher.action(key)
         if isinstance(action, ApiError):
-            walk.action(key, _Outcome.GONE if action.reason == Reason.NOT_FOUND else _Outcome.KEPT)
+            gone = action.reason == Reason.NOT_FOUND
+            walk.action(key, _Outcome.GONE if gone else _Outcome.KEPT)
+            index = self._action_index.get(key.pipeline_key)
+            if gone and index is not None:  # don't ask for it again before the next discovery
+                self._action_index[key.pipeline_key] = tuple(
+                    e for e in index if e.id != key.action_id
+                )
             return
         if target.scope != "action" and not self._accepts_action(
             target, action.name, action.type, action.disabled

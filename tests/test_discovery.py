@@ -466,3 +466,20 @@ def test_mass_failure_logs_a_few_lines_then_a_sum(
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len([line for line in lines if line.startswith("fetching action")]) == 5
     assert "13 more fetches failed (server_error) in this cycle" in lines
+
+
+def test_deleted_action_is_not_asked_for_again_before_discovery(
+    company: Simulator, run_exporter: Start
+) -> None:
+    with company:
+        exporter = run_exporter(
+            cfg(company, [{"workspace": "acme"}], poll={"discovery_interval_seconds": 3600})
+        )
+        company.remove_action("acme", "project-0000", 1, 1)
+        exporter.poll()
+        exporter.poll()
+        gets = company.request_count(r"/pipelines/1/actions/1$")
+        out = exporter.metrics()
+    assert gets == 2  # the first cycle's GET, and the one that answered 404; none after
+    assert value(out, "buddy_exporter_errors_total", reason="not_found") == 1
+    assert 1 not in action_ids(out)
