@@ -33,17 +33,27 @@ Reloader = Callable[[], tuple[Settings, dict[str, Connection]]]
 def make_clients(
     settings: Settings, connections: Mapping[str, Connection]
 ) -> dict[str, BuddyClient]:
-    """One client per installation and token, shared by the workspaces that use it."""
+    """One client per installation and token, shared by the workspaces that use it.
+
+    A stop Buddy asks for (429, quota used up) is waited out if it ends within one
+    interval; a longer one fails fast as rate_limited, so a cycle does not hang.
+    """
+    if settings.buddy.insecure_skip_verify:
+        log.warning(
+            "buddy.insecure_skip_verify is set: the TLS certificates of %s are NOT verified; "
+            "anyone on the network path can impersonate Buddy and read the token",
+            ", ".join(sorted({c.api_url for c in connections.values()})),
+        )
     by_connection: dict[tuple[str, str], BuddyClient] = {}
     clients: dict[str, BuddyClient] = {}
     for workspace, connection in connections.items():
         key = (connection.api_url, connection.token.get_secret_value())
         if key not in by_connection:
-            by_connection[key] = BuddyClient(
-                connection.api_url,
+            by_connection[key] = BuddyClient.for_config(
+                settings.buddy,
                 connection.token,
-                timeout=settings.buddy.request_timeout_seconds,
-                max_connections=settings.buddy.max_concurrency,
+                api_url=connection.api_url,
+                max_wait_seconds=settings.poll.interval_seconds,
             )
         clients[workspace] = by_connection[key]
     return clients
@@ -159,6 +169,9 @@ class Exporter:
         snapshot = self.store.current.snapshot
         if not snapshot.completed:
             return False, "not ready: the first poll cycle has not finished"
+        if snapshot.problems:
+            lines = "\n".join(f"problem: {p}" for p in snapshot.problems)
+            return True, f"ready; the last poll cycle had failures:\n{lines}"
         return True, "ready"
 
     async def _beat_forever(self) -> None:

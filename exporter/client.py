@@ -1,12 +1,24 @@
-"""The Buddy REST API client: one ``httpx.AsyncClient`` per Buddy installation."""
+"""The Buddy REST API client: one ``httpx.AsyncClient`` and one request budget per token.
+
+Inside one call it retries what may pass (5xx, timeouts, connection errors, 429
+once the stop is over) a bounded number of times with exponential backoff and
+jitter; it does not retry what will not (401/403, 404, bad bodies). After a
+401/403 it stops calling that workspace for a cooldown that grows with every
+further failure. Bodies are read by streaming, up to a size cap and an overall
+deadline, so a huge or never-ending response cannot hold the poll.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import math
+import random
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +26,9 @@ import httpx
 from pydantic import SecretStr
 
 from exporter import __version__
+from exporter.config import BuddyConfig
 from exporter.models import error_message
+from exporter.ratelimit import SYSTEM_CLOCK, Clock, RateHeaders, RateLimited, RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +43,14 @@ MAX_PAGES = 1000
 ACTION_ENDPOINT = (
     "/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}/actions/{action_id}"
 )
+#: How much of an error body is read for its message; the rest is dropped.
+ERROR_BODY_BYTES = 64 * 1024
+#: Backoff between retries never exceeds this.
+MAX_BACKOFF_SECONDS = 30.0
+#: After a 401/403 a workspace is not called for this long, doubling per further failure ...
+AUTH_COOLDOWN_SECONDS = 60.0
+#: ... up to this.
+MAX_AUTH_COOLDOWN_SECONDS = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +118,71 @@ def _reason_for_status(status: int) -> str:
     return Reason.HTTP_ERROR
 
 
-def _header_number(response: httpx.Response, name: str) -> float | None:
-    raw = response.headers.get(name)
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip())
-    except ValueError:
-        return None
+@dataclass(slots=True)
+class _Cooldown:
+    """A workspace whose token was refused: no calls until ``until`` (monotonic)."""
+
+    failures: int
+    until: float
+    error: ApiError
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _workspace_of(path: str) -> str:
+    """The workspace a path belongs to (``""`` for ``/workspaces`` itself)."""
+    parts = path.strip("/").split("/")
+    return parts[1] if len(parts) > 1 and parts[0] == "workspaces" else ""
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """What failed in a TLS handshake, from the ``ssl`` error under httpx's wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {current.verify_message}"
+        if isinstance(current, ssl.SSLError):
+            return f"TLS handshake failed: {current.reason or current}"
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return text
+    return None
+
+
+def tls_verify(buddy: BuddyConfig) -> ssl.SSLContext | bool:
+    """What httpx should verify the server with: the private CA, the system store, or nothing."""
+    if buddy.insecure_skip_verify:
+        return False
+    if buddy.ca_file is not None:
+        return ssl.create_default_context(cafile=str(buddy.ca_file))
+    return True
+
+
+async def _read_capped(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
+    """The (decoded) body, at most ``limit`` bytes; over it, raise (``strict``) or cut."""
+    declared = response.headers.get("Content-Length", "")
+    if strict and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if strict:
+                raise _TooLarge
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class BuddyClient:
-    """Makes GET requests to one Buddy API base URL and counts them."""
+    """Makes GET requests with one token to one Buddy API base URL, and counts them."""
 
     def __init__(
         self,
@@ -117,6 +192,15 @@ class BuddyClient:
         max_connections: int = 8,
         verify: ssl.SSLContext | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        max_requests_per_second: float = 10.0,
+        burst: int = 5,
+        max_retries: int = 3,
+        retry_backoff_seconds: float = 0.5,
+        max_response_bytes: int = 16 * 1024 * 1024,
+        max_wait_seconds: float = math.inf,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._token = token
         self._http = httpx.AsyncClient(
@@ -134,11 +218,45 @@ class BuddyClient:
             verify=verify,
             transport=transport,
             follow_redirects=False,
+            trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
         )
+        self._deadline = timeout
+        self._budget = RequestBudget(max_requests_per_second, burst, clock=clock, rng=rng)
+        self._max_retries = max_retries
+        self._backoff = retry_backoff_seconds
+        self._max_bytes = max_response_bytes
+        self._max_wait = max_wait_seconds
+        self._clock = clock
+        self._rng = rng
+        self._cooldowns: dict[str, _Cooldown] = {}
         self._requests: Counter[tuple[str, str]] = Counter()
         self._rate_limit_remaining: float | None = None
         self._rate_limit_limit: float | None = None
         self._full_pages_seen: set[str] = set()
+
+    @classmethod
+    def for_config(
+        cls,
+        buddy: BuddyConfig,
+        token: SecretStr,
+        *,
+        api_url: str | None = None,
+        max_wait_seconds: float = math.inf,
+    ) -> BuddyClient:
+        """A client with the settings of ``buddy`` (``api_url`` overrides its URL)."""
+        return cls(
+            api_url or buddy.api_url,
+            token,
+            timeout=buddy.request_timeout_seconds,
+            max_connections=buddy.max_concurrency,
+            verify=tls_verify(buddy),
+            max_requests_per_second=buddy.max_requests_per_second,
+            burst=buddy.burst,
+            max_retries=buddy.max_retries,
+            retry_backoff_seconds=buddy.retry_backoff_seconds,
+            max_response_bytes=buddy.max_response_bytes,
+            max_wait_seconds=max_wait_seconds,
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -220,55 +338,137 @@ class BuddyClient:
         raise ApiError(Reason.INVALID_RESPONSE, f"more than {MAX_PAGES} pages", 200)
 
     async def get_json(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        """GET ``path`` and decode its JSON body, or raise :class:`ApiError`."""
+        """GET ``path`` and decode its JSON body, or raise :class:`ApiError`.
+
+        ``endpoint`` is the path template, used as the label of the request count.
+        """
+        workspace = _workspace_of(path)
+        attempt = 0
+        while True:
+            self._check_cooldown(workspace)
+            try:
+                await self._budget.acquire(self._max_wait)
+            except RateLimited as exc:
+                raise ApiError(Reason.RATE_LIMITED, f"{exc}; no request made", 429) from None
+            self._check_cooldown(workspace)  # another call may have been refused meanwhile
+            try:
+                status, headers, body = await self._exchange(endpoint, path, params)
+            except ApiError as exc:
+                if exc.reason == Reason.TLS:
+                    raise  # a certificate will not change between attempts
+                error = exc
+            else:
+                if status == 200:
+                    self._cooldowns.pop(workspace, None)
+                    return self._decode(headers, body)
+                error = self._status_error(status, headers, body)
+                if status in (401, 403):
+                    self._start_cooldown(workspace, error)
+                    raise error
+                if status == 404:
+                    self._cooldowns.pop(workspace, None)
+                if status != 429 and status < 500:
+                    raise error
+            if attempt >= self._max_retries:
+                raise error
+            attempt += 1
+            if error.status != 429:  # after a 429, acquire() waits for the stop to end
+                delay = min(self._backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+                await self._clock.sleep(delay * (0.5 + self._rng() / 2))
+            log.debug("retrying %s (attempt %d): %s", endpoint, attempt + 1, error.detail)
+
+    async def _exchange(
+        self, endpoint: str, path: str, params: dict[str, Any] | None
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One request: status, headers and body; transport failures as ApiError."""
+        status: int | None = None
         try:
-            response = await self._http.get(path, params=params)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._deadline):
+                async with self._http.stream("GET", path, params=params) as response:
+                    status = response.status_code
+                    limit = self._max_bytes if status == 200 else ERROR_BODY_BYTES
+                    body = await _read_capped(response, limit, strict=status == 200)
+                    headers = response.headers
+        except (TimeoutError, httpx.TimeoutException):
             self._requests[(endpoint, "error")] += 1
-            raise ApiError(Reason.TIMEOUT, "request timed out") from None
+            raise ApiError(
+                Reason.TIMEOUT,
+                f"no complete response within {self._deadline:g}s (buddy.request_timeout_seconds)",
+            ) from None
         except httpx.TransportError as exc:
             self._requests[(endpoint, "error")] += 1
             raise self._transport_error(exc) from None
-        self._requests[(endpoint, str(response.status_code))] += 1
-        self._record_rate_limit(response)
-        if response.status_code != 200:
-            raise self._status_error(response)
+        except _TooLarge:
+            self._requests[(endpoint, str(status))] += 1
+            raise ApiError(
+                Reason.INVALID_RESPONSE,
+                f"response body larger than {self._max_bytes} bytes "
+                "(buddy.max_response_bytes); not read further",
+                status,
+            ) from None
+        self._requests[(endpoint, str(status))] += 1
+        self._record_rate_limit(status, headers)
+        return status, headers, body
+
+    def _decode(self, headers: httpx.Headers, body: bytes) -> Any:
         try:
-            return json.loads(response.content)
+            return json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            ctype = response.headers.get("content-type", "none")
+            ctype = headers.get("content-type", "none")
             raise ApiError(
                 Reason.INVALID_JSON,
-                f"response is not valid JSON (content-type {ctype}, {len(response.content)} bytes)",
-                response.status_code,
+                f"response is not valid JSON (content-type {ctype}, {len(body)} bytes)",
+                200,
             ) from None
 
-    def _record_rate_limit(self, response: httpx.Response) -> None:
-        remaining = _header_number(response, "X-Rate-Limit-Remaining")
-        limit = _header_number(response, "X-Rate-Limit-Limit")
-        if remaining is not None:
-            self._rate_limit_remaining = remaining
-        if limit is not None:
-            self._rate_limit_limit = limit
+    def _check_cooldown(self, workspace: str) -> None:
+        cooldown = self._cooldowns.get(workspace)
+        if cooldown is None:
+            return
+        left = cooldown.until - self._clock.monotonic()
+        if left > 0:
+            error = cooldown.error
+            raise ApiError(
+                error.reason,
+                f"{error.detail} (no request made: workspace {workspace or '-'} is left alone "
+                f"for another {left:.0f}s after {cooldown.failures} refusal(s))",
+                error.status,
+            )
 
-    def _status_error(self, response: httpx.Response) -> ApiError:
-        status = response.status_code
+    def _start_cooldown(self, workspace: str, error: ApiError) -> None:
+        now = self._clock.monotonic()
+        previous = self._cooldowns.get(workspace)
+        if previous is not None and now < previous.until:
+            return  # a call that was already in flight; the same refusal
+        failures = previous.failures + 1 if previous else 1
+        seconds = min(AUTH_COOLDOWN_SECONDS * 2 ** (failures - 1), MAX_AUTH_COOLDOWN_SECONDS)
+        self._cooldowns[workspace] = _Cooldown(failures, now + seconds, error)
+
+    def _record_rate_limit(self, status: int, headers: httpx.Headers) -> None:
+        rate = RateHeaders.parse(headers, self._clock.wall())
+        self._budget.record(status, rate)
+        if rate.remaining is not None:
+            self._rate_limit_remaining = rate.remaining
+        if rate.limit is not None:
+            self._rate_limit_limit = rate.limit
+
+    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ApiError:
         message = None
         with contextlib.suppress(ValueError, UnicodeDecodeError):
-            message = error_message(json.loads(response.content))
+            message = error_message(json.loads(body))
         if message is None:
-            ctype = response.headers.get("content-type", "none").split(";")[0]
-            message = f"non-JSON body ({ctype}, {len(response.content)} bytes)"
+            ctype = headers.get("content-type", "none").split(";")[0]
+            message = f"non-JSON body ({ctype}, {len(body)} bytes)"
         return ApiError(
             _reason_for_status(status), f"HTTP {status}: {self._redact(message)}", status
         )
 
     def _transport_error(self, exc: httpx.TransportError) -> ApiError:
+        if isinstance(exc, httpx.ConnectError):
+            problem = _tls_problem(exc)
+            if problem is not None:
+                return ApiError(Reason.TLS, f"TLS error: {self._redact(problem)}")
         text = self._redact(str(exc) or type(exc).__name__)
-        if isinstance(exc, httpx.ConnectError) and (
-            "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text or "certificate" in text.lower()
-        ):
-            return ApiError(Reason.TLS, f"TLS error: {text}")
         return ApiError(Reason.CONNECTION, f"{type(exc).__name__}: {text}")
 
     def _redact(self, text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -78,11 +79,22 @@ def _check_regex(value: str) -> str:
     return value
 
 
+def _check_ca_file(value: Path) -> Path:
+    try:
+        ssl.create_default_context(cafile=str(value))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ValueError(f"cannot load {value} as PEM CA certificates: {reason}") from None
+    return value
+
+
 ApiUrl = Annotated[str, AfterValidator(_check_api_url)]
+CaFile = Annotated[Path, AfterValidator(_check_ca_file)]
 ListenAddress = Annotated[str, AfterValidator(_check_listen_address)]
 Handle = Annotated[str, AfterValidator(_check_handle)]
 Regex = Annotated[str, AfterValidator(_check_regex)]
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveId = Annotated[int, Field(gt=0)]
 
 
@@ -118,6 +130,19 @@ class BuddyConfig(_Strict):
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     fetch_mode: FetchMode = FetchMode.AUTO
     per_page: Annotated[int, Field(ge=1, le=1000)] = 30
+    max_requests_per_second: PositiveRate = 10.0
+    burst: Annotated[int, Field(ge=1, le=1000)] = 5
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    retry_backoff_seconds: PositiveSeconds = 0.5
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    ca_file: CaFile | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _one_way_to_verify(self) -> Self:
+        if self.ca_file is not None and self.insecure_skip_verify:
+            raise ValueError("ca_file and insecure_skip_verify exclude each other")
+        return self
 
 
 class PollConfig(_Strict):

@@ -178,6 +178,24 @@ class _ListedAction:
     complete: bool  # the list item carries every field the metrics use
 
 
+MAX_PROBLEMS = 5
+MAX_PROBLEM_CHARS = 300
+
+
+def problems_of(failures: Sequence[ApiError]) -> tuple[str, ...]:
+    """One line per failure reason of a cycle (most frequent first), with its first detail."""
+    by_reason: dict[str, list[ApiError]] = {}
+    for failure in failures:
+        by_reason.setdefault(failure.reason, []).append(failure)
+    lines = []
+    for reason, errors in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        detail = errors[0].detail
+        if len(detail) > MAX_PROBLEM_CHARS:
+            detail = detail[: MAX_PROBLEM_CHARS - 3] + "..."
+        lines.append(f"{reason}: {detail} ({len(errors)} failed fetch(es))")
+    return tuple(lines[:MAX_PROBLEMS])
+
+
 class _Fetcher:
     """One cycle's requests: memoised (two targets never cause the same request twice),
     bounded in concurrency, failures counted and logged once per object."""
@@ -200,6 +218,7 @@ class _Fetcher:
         self.succeeded: set[str] = set()
         self._logged: Counter[str] = Counter()
         self.unlogged: Counter[str] = Counter()
+        self.failures: list[ApiError] = []
 
     def requested(self, what: str) -> bool:
         return what in self._memo
@@ -228,6 +247,7 @@ class _Fetcher:
 
     def _fail(self, workspace: str, what: str, exc: ApiError) -> None:
         self._errors[exc.reason] += 1
+        self.failures.append(exc)
         if exc.reason != Reason.NOT_FOUND:
             self.failed_workspaces.add(workspace)
         if self._failing.get(what) != exc.reason:
@@ -728,6 +748,7 @@ class Poller:
             ),
             shard=self._shard,
             total_shards=self._total_shards,
+            problems=problems_of(fetcher.failures),
         )
 
     def _configured_in_shard(self) -> set[ActionKey]:

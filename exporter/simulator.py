@@ -4,11 +4,17 @@ It serves the documented JSON shapes (workspaces, projects, pipelines, actions)
 with a bearer-token check, pagination and rate-limit headers. Tests change its
 state, inject faults (status codes, delays, bodies, dropped connections) and
 read its request log.
+
+Faults cover the failure modes of the reliability tests: any status with any
+body and headers (``Retry-After``, rate-limit headers), a delay, a dropped
+connection, a body cut short, a huge body (``body_size``) and a body that never
+ends (``endless``). A refused connection is simply a port nobody listens on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import ssl
@@ -38,6 +44,9 @@ class Fault:
     times: int | None = None
     probability: float = 1.0
     passthrough: bool = False  # apply delay/headers, then answer normally
+    body_size: int = 0  # stream a JSON body of this many bytes instead of ``body``
+    endless: bool = False  # send headers, then one body byte per ``trickle_seconds``, forever
+    trickle_seconds: float = 0.05
 
     def matches(self, path: str) -> bool:
         return re.search(self.path, path) is not None
@@ -130,6 +139,7 @@ class Simulator:
             self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
         self._churn_stop = threading.Event()
+        self._stopping = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -150,6 +160,7 @@ class Simulator:
 
     def stop(self) -> None:
         self._churn_stop.set()
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread:
@@ -392,7 +403,8 @@ class Simulator:
         return {
             "X-Rate-Limit-Limit": str(self.rate_limit),
             "X-Rate-Limit-Remaining": str(remaining),
-            "X-Rate-Limit-Reset": str(int(self._window_start + self.rate_limit_window)),
+            # Rounded up: at the time the header names, the window has really reset.
+            "X-Rate-Limit-Reset": str(math.ceil(self._window_start + self.rate_limit_window)),
         }
 
     def handle(
@@ -597,6 +609,14 @@ def _make_handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
             if fault and fault.drop:
                 self.close_connection = True
                 return
+            try:
+                self._answer(status, headers, body, fault)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up; that is what some tests do
+
+        def _answer(
+            self, status: int, headers: dict[str, str], body: bytes, fault: Fault | None
+        ) -> None:
             content_type = (
                 fault.content_type if fault and not fault.passthrough else "application/json"
             )
@@ -607,6 +627,31 @@ def _make_handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
             )
             for name, value in headers.items():
                 self.send_header(name, value)
+            if fault and fault.endless:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.close_connection = True
+                self.wfile.write(
+                    b"%x\r\n%s\r\n" % (len(b'{"id": 1, "name": "'), b'{"id": 1, "name": "')
+                )
+                self.wfile.flush()
+                while not sim._stopping.wait(fault.trickle_seconds):
+                    self.wfile.write(b"1\r\nx\r\n")
+                    self.wfile.flush()
+                return
+            if fault and fault.body_size:
+                self.send_header("Content-Length", str(fault.body_size))
+                self.end_headers()
+                self.close_connection = True
+                head, tail = b'{"id": 1, "pad": "', b'"}'
+                self.wfile.write(head)
+                left = fault.body_size - len(head) - len(tail)
+                while left > 0:
+                    n = min(left, 64 * 1024)
+                    self.wfile.write(b"x" * n)
+                    left -= n
+                self.wfile.write(tail)
+                return
             if fault and fault.truncate:
                 self.send_header("Content-Length", str(len(body) + 1000))
                 self.end_headers()

@@ -105,3 +105,4 @@ class Snapshot:
     total_shards: int = 1
     config_reload_successful: bool = True
     config_reload_success_timestamp: float | None = None
+    problems: tuple[str, ...] = ()  # what failed in the last cycle, one line per reason

@@ -173,7 +173,12 @@ def test_timeout_fails_only_that_action(sim: Simulator, run_exporter: Start) -> 
 
 def test_unreachable_buddy_keeps_the_process_serving(run_exporter: Start) -> None:
     data = {
-        "buddy": {"api_url": "http://127.0.0.1:9", "request_timeout_seconds": 1},
+        "buddy": {
+            "api_url": "http://127.0.0.1:9",
+            "request_timeout_seconds": 1,
+            "max_retries": 3,
+            "retry_backoff_seconds": 0.02,
+        },
         "poll": {"interval_seconds": 3600, "stale_after_seconds": 7200},
         "web": {"listen_address": "127.0.0.1:0"},
         "targets": [{"workspace": "a", "project": "b", "pipeline_id": 1, "action_id": 2}],
@@ -182,8 +187,9 @@ def test_unreachable_buddy_keeps_the_process_serving(run_exporter: Start) -> Non
     out = exporter.metrics()
     assert value(out, "buddy_up") == 0
     assert value(out, "buddy_exporter_errors_total", reason="connection") == 1
+    # One fetch, tried 1 + max_retries times; every attempt is counted.
     assert value(out, "buddy_exporter_api_requests_total", code="error",
-                 endpoint="/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}/actions/{action_id}") == 1  # fmt: skip
+                 endpoint="/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}/actions/{action_id}") == 4  # fmt: skip
     assert http_get(exporter.url + "/healthz")[0] == 200
 
 
