@@ -185,7 +185,7 @@ class RequestBudget:
         if remaining is None:
             return
         if remaining <= 0:
-            if reset_in is not None:
+            if reset_in:  # a reset already past means the quota is back
                 self._stop(now, reset_in, "X-Rate-Limit-Remaining is 0")
             return
         low = remaining < LOW_REMAINING or (

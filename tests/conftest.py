@@ -182,10 +182,15 @@ def run_exporter() -> Iterator[Callable[..., RunningExporter]]:
     """Start exporters from config dicts; all are stopped at the end of the test."""
     started: list[RunningExporter] = []
 
-    def start(data: dict[str, Any], token: str = TOKEN, wait_ready: bool = True) -> RunningExporter:
+    def start(
+        data: dict[str, Any],
+        token: str = TOKEN,
+        wait_ready: bool = True,
+        ready_timeout: float = 10.0,
+    ) -> RunningExporter:
         running = RunningExporter(build_settings(data), token)
         started.append(running)
-        return running.start(wait_ready=wait_ready)
+        return running.start(wait_ready=wait_ready, ready_timeout=ready_timeout)
 
     yield start
     for running in started:
