@@ -354,8 +354,8 @@ class BuddyClient:
             try:
                 status, headers, body = await self._exchange(endpoint, path, params)
             except ApiError as exc:
-                if exc.reason == Reason.TLS:
-                    raise  # a certificate will not change between attempts
+                if exc.reason not in (Reason.TIMEOUT, Reason.CONNECTION):
+                    raise  # a certificate or a body size will not change between attempts
                 error = exc
             else:
                 if status == 200:
