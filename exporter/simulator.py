@@ -13,10 +13,12 @@ ends (``endless``). A refused connection is simply a port nobody listens on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -140,6 +142,7 @@ class Simulator:
         self._thread: threading.Thread | None = None
         self._churn_stop = threading.Event()
         self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -163,6 +166,11 @@ class Simulator:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        # Kept-alive connections too: a stopped Buddy answers nothing, like a dead host.
+        with self.lock:
+            for conn in list(self._connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
         if self._thread:
             self._thread.join(timeout=5)
 
@@ -594,6 +602,17 @@ class _Server(ThreadingHTTPServer):
 def _make_handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with sim.lock:
+                sim._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with sim.lock:
+                sim._connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
