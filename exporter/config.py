@@ -82,9 +82,13 @@ def _check_regex(value: str) -> str:
 def _check_ca_file(value: Path) -> Path:
     try:
         ssl.create_default_context(cafile=str(value))
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+    except ssl.SSLError as exc:  # before OSError: it is one
+        reason = str(exc.reason or exc).replace("_", " ").lower()
         raise ValueError(f"cannot load {value} as PEM CA certificates: {reason}") from None
+    except OSError as exc:
+        raise ValueError(
+            f"cannot load {value} as PEM CA certificates: {exc.strerror or exc}"
+        ) from None
     return value
 
 
