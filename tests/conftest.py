@@ -104,11 +104,14 @@ def targets_of(simulator: Simulator) -> list[dict[str, Any]]:
 def config_for(simulator: Simulator, **sections: Any) -> dict[str, Any]:
     """A config dict polling every action of ``simulator``; ``sections`` override parts."""
     data: dict[str, Any] = {
-        # Short backoff so that retried faults do not slow the suite down.
+        # Short backoff and a wide budget so that retries and pacing do not slow the suite;
+        # test_ratelimit and test_faults set the budget they measure.
         "buddy": {
             "api_url": simulator.url,
             "request_timeout_seconds": 2,
             "retry_backoff_seconds": 0.02,
+            "max_requests_per_second": 1000,
+            "burst": 100,
         },
         "poll": {"interval_seconds": 3600, "stale_after_seconds": 7200},
         "web": {"listen_address": f"127.0.0.1:{free_port()}"},

@@ -217,7 +217,8 @@ def test_projects_listing_that_fails_at_discovery_removes_nothing(
 def test_first_discovery_failing_is_retried_next_cycle(
     company: Simulator, run_exporter: Start
 ) -> None:
-    company.add_fault(Fault(path=r"/workspaces/acme/projects$", status=500, times=1))
+    # Failing every attempt of the first cycle (1 + buddy.max_retries), then answering.
+    company.add_fault(Fault(path=r"/workspaces/acme/projects$", status=500, times=4))
     with company:
         exporter = run_exporter(cfg(company, [{"workspace": "acme"}]))
         assert action_ids(exporter.metrics()) == set()

@@ -75,6 +75,7 @@ def survived(exporter: RunningExporter, sim: Simulator) -> str:
     assert http_get(exporter.url + "/readyz")[0] == 200
     out = exporter.metrics()
     assert [v for _, v in find(out, "buddy_exporter_build_info")] == [1]
+    assert value(out, "buddy_up", workspace="beta") == 1
     for other in OTHERS:
         assert value(out, "buddy_action_poll_success", **other) == 1, other
     assert statuses(out, **OTHERS[0]) == ["SUCCESSFUL"]
@@ -104,7 +105,7 @@ def test_401_fails_the_workspace_once_then_backs_off(
     for target in (BUILD, FETCH, NOTIFY):
         assert value(out, "buddy_action_poll_success", **target) == 0
     assert statuses(out, **BUILD) == ["SUCCESSFUL"]  # last good values kept until stale
-    assert value(out, "buddy_up") == 0
+    assert value(out, "buddy_up", workspace="acme") == 0
     assert logged(caplog, "action_id=101", "unauthorized", "Invalid or expired access token")
     before = sim.request_count(r"^/workspaces/acme/")
     exporter.poll()  # the next cycle leaves acme alone
@@ -174,7 +175,7 @@ def test_429_with_reset_header_stops_every_request_until_the_reset(
     assert min(later) >= reset, [t - reset for t in later]
     assert requests(out, "429") == 1
     assert errors(out, "rate_limited") == 0  # waited out within the cycle: every fetch succeeded
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
 
 
 def test_429_with_retry_after_stops_every_request_for_that_long(
@@ -242,7 +243,7 @@ def test_502_that_passes_is_retried_within_the_cycle(
     assert errors(out, "server_error") == 0
     assert value(out, "buddy_action_poll_success", **FETCH) == 1
     assert statuses(out, **FETCH) == ["INPROGRESS"]  # the fresh value, fetched on the third try
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
 
 
 def test_503_gives_up_after_max_retries(two_workspaces: Simulator, run_exporter: Start) -> None:
@@ -284,7 +285,7 @@ def test_connection_refused_keeps_the_last_values_and_recovers(run_exporter: Sta
     assert errors(out, "connection") == 1
     assert requests(out, "error") == 4  # 1 + max_retries, each counted
     assert statuses(out, **BUILD) == ["SUCCESSFUL"]
-    assert value(out, "buddy_up") == 0
+    assert value(out, "buddy_up", workspace="acme") == 0
     back = Simulator(token=TOKEN, port=port)
     back.add_action("acme", "shop", 1, 101, "Build", last_execution_status="FAILED")
     with back:
@@ -357,7 +358,7 @@ def test_null_fields_give_no_series_and_no_error(
     assert value(out, "buddy_action_ignore_errors", **BUILD) == 0  # a field that was sent
     assert find(out, "buddy_action_info", **BUILD)[0][0]["trigger_time"] == ""
     assert sum(v for _, v in find(out, "buddy_exporter_errors_total")) == 0
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
 
 
 def test_numbers_sent_as_strings_are_read_as_numbers(
@@ -386,7 +387,7 @@ def test_unknown_and_odd_cased_statuses(two_workspaces: Simulator, run_exporter:
     assert statuses(out, **FETCH) == ["WAITING_FOR_ROBOTS"]
     assert statuses(out, **NOTIFY) == ["OTHER"]
     assert value(out, "buddy_action_last_execution_status", **FETCH, status="FAILED") == 0
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
 
 
 def test_huge_body_is_cut_off_as_invalid_response(

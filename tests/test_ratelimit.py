@@ -259,7 +259,7 @@ def test_budget_holds_in_the_request_log(run_exporter: Start, rate: float, actio
         spread = sim.requests[-1].time - sim.requests[0].time
         assert expected - NETWORK_SLACK_SECONDS <= spread <= expected * 1.2 + 0.5
         out = exporter.metrics()
-        assert value(out, "buddy_up") == 1
+        assert value(out, "buddy_up", workspace="acme") == 1
         print(f"\n{actions} requests at {rate:g}/s (burst {burst}): spread {spread:.2f}s, "
               f"expected {expected:.2f}s, startup {elapsed:.2f}s")  # fmt: skip
 
@@ -282,7 +282,7 @@ def test_remaining_0_means_no_request_before_the_reset(sim: Simulator, run_expor
     assert len(later) == 3
     assert min(r.time for r in later) >= reset, [r.time - reset for r in later]
     out = exporter.metrics()
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
     assert value(out, "buddy_exporter_api_rate_limit_remaining") > 0
 
 
@@ -300,7 +300,7 @@ def test_a_stop_beyond_the_interval_fails_fast_as_rate_limited(
     exporter.poll()
     assert len(sim.requests) == 1
     out = exporter.metrics()
-    assert value(out, "buddy_up") == 0
+    assert value(out, "buddy_up", workspace="acme") == 0
     for action_id in ("101", "102", "201"):
         assert value(out, "buddy_action_poll_success", action_id=action_id) == 0
     assert value(out, "buddy_exporter_errors_total", reason="rate_limited") == 6

@@ -59,7 +59,7 @@ def test_private_ca_is_accepted_with_ca_file(
 ) -> None:
     assert sim_tls.url.startswith("https://")
     out = run_exporter(config_for(sim_tls, buddy={"ca_file": ca_file})).metrics()
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
     assert value(out, "buddy_action_poll_success", action_id="101") == 1
     assert tls_errors(out) == 0
 
@@ -69,7 +69,7 @@ def test_private_ca_is_rejected_without_ca_file(
 ) -> None:
     exporter = run_exporter(config_for(sim_tls))
     out = exporter.metrics()
-    assert value(out, "buddy_up") == 0
+    assert value(out, "buddy_up", workspace="acme") == 0
     assert tls_errors(out) == 2
     # Not retried: one attempt per target.
     assert (
@@ -102,7 +102,7 @@ def test_insecure_skip_verify_connects_and_warns_loudly(
     sim_tls: Simulator, run_exporter: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = run_exporter(config_for(sim_tls, buddy={"insecure_skip_verify": True})).metrics()
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
         "insecure_skip_verify" in m and "NOT verified" in m and sim_tls.url in m for m in warnings
@@ -206,7 +206,7 @@ def test_https_proxy_is_used_for_a_name_only_the_proxy_can_reach(
             sim, buddy={"api_url": f"https://buddy.internal:{port}", "ca_file": ca_file}
         )
         out = run_exporter(data).metrics()
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
     assert connect_proxy.tunnels and all(
         t == f"CONNECT buddy.internal:{port}" for t in connect_proxy.tunnels
     )
@@ -222,5 +222,5 @@ def test_no_proxy_bypasses_the_proxy(
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
         data = config_for(sim, buddy={"api_url": f"https://localhost:{port}", "ca_file": ca_file})
         out = run_exporter(data).metrics()
-    assert value(out, "buddy_up") == 1
+    assert value(out, "buddy_up", workspace="acme") == 1
     assert connect_proxy.tunnels == []
