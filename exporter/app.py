@@ -127,6 +127,8 @@ class Exporter:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._beat = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._cycle: asyncio.Task[object] | None = None
+        self._stopping = False
         self._reloader = reloader
         self._watch = tuple(watch)
         self._watch_state = _file_state(self._watch)
@@ -180,13 +182,21 @@ class Exporter:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _poll(self) -> None:
-        if self._watch and _file_state(self._watch) != self._watch_state:
-            log.info("a watched file changed (config or token file): reloading")
-            self._reload_requested = True
-        if self._reload_requested:
-            self._reload_requested = False
-            await self.reload()
-        await self.poller.poll_once()
+        self._cycle = asyncio.current_task()
+        try:
+            if self._watch and _file_state(self._watch) != self._watch_state:
+                log.info("a watched file changed (config or token file): reloading")
+                self._reload_requested = True
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload()
+            await self.poller.poll_once()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            log.info("poll cycle abandoned at shutdown")
+        finally:
+            self._cycle = None
 
     def request_reload(self) -> None:
         """Ask for a reload before the next cycle (the SIGHUP handler)."""
@@ -253,8 +263,14 @@ class Exporter:
 
     async def stop(self) -> None:
         """Stop polling and serving; in-flight requests are abandoned."""
+        self._stopping = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        cycle = self._cycle
+        if cycle is not None and not cycle.done():
+            cycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(cycle), timeout=5)
         if self._heartbeat:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import TOKEN, config_for, free_port, http_get, wait_for, write_config
 
-from exporter.simulator import Simulator
+from exporter.simulator import Fault, Simulator
 
 
 def require(tool: str) -> str:
@@ -128,3 +128,21 @@ def test_real_prometheus_scrapes_the_exporter(
     finally:
         prom.terminate()
         prom.wait(timeout=10)
+
+
+def test_sigterm_during_the_first_cycle_exits_cleanly(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_fault(Fault(delay=3.0, passthrough=True))
+    data = config_for(sim, poll={"interval_seconds": 1, "stale_after_seconds": 60})
+    log_path = tmp_path / "exporter.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(write_config(tmp_path, data))],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BUDDY_TOKEN": TOKEN})  # fmt: skip
+    url = f"http://{data['web']['listen_address']}"
+    wait_for(lambda: http_get(url + "/healthz")[0] == 200, timeout=20)
+    assert http_get(url + "/readyz")[0] == 503  # still in the first cycle
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    text = log_path.read_text()
+    assert "Traceback" not in text and "CancelledError" not in text, text
