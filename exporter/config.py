@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -32,6 +34,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 ENV_PREFIX = "BUDDY_EXPORTER_"
@@ -51,8 +54,17 @@ class ConfigError(Exception):
 
 def _check_api_url(value: str) -> str:
     value = value.strip()
-    if not re.match(r"^https?://[^/\s]+", value):
+    if not re.match(r"^https?://[^/\s]+", value) or not value.isascii() or not value.isprintable():
         raise ValueError("must be an http:// or https:// URL, e.g. https://api.buddy.works")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ValueError("has no host name")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
     return value.rstrip("/")
 
 
@@ -65,9 +77,15 @@ def _check_listen_address(value: str) -> str:
     return value
 
 
+_HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _check_handle(value: str) -> str:
-    if not value or value != value.strip() or "/" in value:
-        raise ValueError("must be a non-empty URL handle without slashes or surrounding spaces")
+    if not _HANDLE.fullmatch(value):
+        raise ValueError(
+            "must be a URL handle: letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
     return value
 
 
@@ -97,7 +115,8 @@ CaFile = Annotated[Path, AfterValidator(_check_ca_file)]
 ListenAddress = Annotated[str, AfterValidator(_check_listen_address)]
 Handle = Annotated[str, AfterValidator(_check_handle)]
 Regex = Annotated[str, AfterValidator(_check_regex)]
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Upper bounds keep values inside what the scheduler and the clock can represent.
+PositiveSeconds = Annotated[float, Field(gt=0, le=31_536_000, allow_inf_nan=False)]
 PositiveRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveId = Annotated[int, Field(gt=0)]
 
@@ -130,7 +149,7 @@ class BuddyConfig(_Strict):
     api_url: ApiUrl = "https://api.buddy.works"
     token: SecretStr | None = None
     token_file: Path | None = None
-    request_timeout_seconds: PositiveSeconds = 10.0
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     fetch_mode: FetchMode = FetchMode.AUTO
     per_page: Annotated[int, Field(ge=1, le=1000)] = 30
@@ -152,7 +171,7 @@ class BuddyConfig(_Strict):
 class PollConfig(_Strict):
     """When to poll and how long failed values are kept."""
 
-    interval_seconds: Annotated[float, Field(ge=0.1, allow_inf_nan=False)] = 60.0
+    interval_seconds: Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)] = 60.0
     stale_after_seconds: PositiveSeconds = 600.0
     discovery_interval_seconds: PositiveSeconds = 300.0
 
@@ -267,7 +286,7 @@ class Settings(BaseSettings):
     @field_validator("workspaces")
     @classmethod
     def _workspaces_are_unique(cls, value: list[WorkspaceConfig]) -> list[WorkspaceConfig]:
-        names = [w.workspace for w in value]
+        names = [w.workspace.lower() for w in value]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"{', '.join(duplicates)} listed more than once")
@@ -321,7 +340,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError([f"config.file: {path} is not UTF-8 text"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        raise ConfigError([f"config.file: {path}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -331,15 +352,60 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"config.file: {path} must hold a mapping at the top level"])
+    bad = list(_non_string_keys(data))
+    if bad:
+        raise ConfigError([f"{where}: keys must be strings" for where in bad])
     return data
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key given twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"key {key!r} is given twice (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _non_string_keys(data: Any, where: str = "") -> Iterator[str]:
+    if isinstance(data, dict):
+        for key, item in data.items():
+            here = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str):
+                yield here
+            else:
+                yield from _non_string_keys(item, here)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            yield from _non_string_keys(item, f"{where}[{i}]")
 
 
 def build_settings(data: Mapping[str, Any]) -> Settings:
     """Validate config data (plus the environment) into Settings, or raise ConfigError."""
+    # pydantic-settings takes "_"-keys as its own options (_env_prefix, _env_file, ...).
+    private = [f"{k}: unknown key" for k in data if not isinstance(k, str) or k.startswith("_")]
+    if private:
+        raise ConfigError(private)
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    except SettingsError as exc:
+        match = re.search(r'field "([^"]+)"', str(exc))
+        field = match.group(1) if match else "environment"
+        env = f"{ENV_PREFIX}{field.upper()}"
+        raise ConfigError(
+            [f"{field}: cannot parse the environment variable {env}* (complex values are JSON)"]
+        ) from None
 
 
 def load_settings(path: Path) -> Settings:
@@ -347,21 +413,50 @@ def load_settings(path: Path) -> Settings:
     return build_settings(read_config_file(path))
 
 
+MAX_TOKEN_FILE_BYTES = 64 * 1024
+MIN_TOKEN_LENGTH = 8
+# What a bearer token can hold (RFC 6750): visible ASCII, no spaces.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _read_token_file(where: str, path: Path) -> str:
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or never end
+            raise ConfigError([f"{where}: {path} is not a regular file"])
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read {path}: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise ConfigError([f"{where}: {path} is larger than a token file can be"])
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError([f"{where}: {path} is not UTF-8 text"]) from None
+    if not value:
+        raise ConfigError([f"{where}: {path} is empty"])
+    return value
+
+
+def checked_token(where: str, value: str) -> SecretStr:
+    """``value`` as a secret, or ConfigError if it cannot be a bearer token."""
+    value = value.strip()
+    if not value:
+        raise ConfigError([f"{where}: is empty"])
+    if not _TOKEN.fullmatch(value):
+        # Say what is wrong without showing any of the token.
+        raise ConfigError([f"{where}: the token holds whitespace, control or non-ASCII characters"])
+    if len(value) < MIN_TOKEN_LENGTH:
+        raise ConfigError([f"{where}: too short to be a Buddy token"])
+    return SecretStr(value)
+
+
 def _token_from(where: str, token: SecretStr | None, token_file: Path | None) -> SecretStr | None:
     if token_file is not None:
-        try:
-            value = token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError([f"{where}.token_file: cannot read {token_file}: {reason}"]) from None
-        if not value:
-            raise ConfigError([f"{where}.token_file: {token_file} is empty"])
-        return SecretStr(value)
+        value = _read_token_file(f"{where}.token_file", token_file)
+        return checked_token(f"{where}.token_file", value)
     if token is not None:
-        value = token.get_secret_value().strip()
-        if not value:
-            raise ConfigError([f"{where}.token: is empty"])
-        return SecretStr(value)
+        return checked_token(f"{where}.token", token.get_secret_value())
     return None
 
 
@@ -369,7 +464,7 @@ def resolve_token(buddy: BuddyConfig, environ: Mapping[str, str] | None = None) 
     """The Buddy token: ``BUDDY_TOKEN``, else ``token_file``, else ``token``."""
     env = os.environ if environ is None else environ
     if env.get(TOKEN_ENV, "").strip():
-        return SecretStr(env[TOKEN_ENV].strip())
+        return checked_token(TOKEN_ENV, env[TOKEN_ENV])
     token = _token_from("buddy", buddy.token, buddy.token_file)
     if token is None:
         raise ConfigError(

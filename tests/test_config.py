@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_bad_environment_value_names_the_field(
             with_changes(
                 targets=[{"workspace": "a/b", "project": "shop", "pipeline_id": 1, "action_id": 2}]
             ),
-            "targets[0].workspace: must be a non-empty URL handle",
+            "targets[0].workspace: must be a URL handle",
         ),
         ({k: v for k, v in GOOD.items() if k != "targets"}, "targets: required key is missing"),
         ({**GOOD, "extra": 1}, "extra: unknown key"),
@@ -293,3 +294,102 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
     settings = load_settings(example)
     assert settings.targets
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("poll: {interval_seconds: 5}\npoll: {interval_seconds: 9}\n", "config.file: "),
+        ("1: foo\ntargets: [{workspace: acme}]\n", "1: keys must be strings"),
+        ("_env_prefix: FOO_\ntargets: [{workspace: acme}]\n", "_env_prefix: unknown key"),
+        (
+            "poll: {interval_seconds: 1e12, stale_after_seconds: 1e12}\ntargets: [{workspace: acme}]\n",
+            "poll.interval_seconds: Input should be less than or equal to 86400",
+        ),
+        (
+            "buddy: {api_url: 'http://127.0.0.1:99999'}\ntargets: [{workspace: acme}]\n",
+            "buddy.api_url: is not a valid URL",
+        ),
+        (
+            "buddy: {api_url: 'http://127.0.0.1:abc'}\ntargets: [{workspace: acme}]\n",
+            "buddy.api_url: is not a valid URL",
+        ),
+        (
+            "buddy: {api_url: 'http://[::1'}\ntargets: [{workspace: acme}]\n",
+            "buddy.api_url: is not a valid URL",
+        ),
+        ('targets: [{workspace: "ac\\x01me"}]\n', "targets[0].workspace: must be a URL handle"),
+        (
+            "targets: [{workspace: acme, project: 'a?b=c'}]\n",
+            "targets[0].project: must be a URL handle",
+        ),
+        (
+            "targets: [{workspace: acme}]\nworkspaces: [{workspace: acme}, {workspace: ACME}]\n",
+            "workspaces: acme listed more than once",
+        ),
+    ],
+    ids=[
+        "duplicate-key",
+        "int-key",
+        "pydantic-settings-option",
+        "huge-interval",
+        "port-too-big",
+        "port-not-a-number",
+        "bad-ipv6",
+        "control-char-handle",
+        "query-in-handle",
+        "case-duplicate-workspace",
+    ],
+)
+def test_hostile_config_files_are_clear_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.lines[0].startswith(expected), err.value.lines
+    if expected == "config.file: ":
+        assert "key 'poll' is given twice (line 2)" in err.value.lines[0]
+
+
+def test_unparseable_environment_value_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUDDY_EXPORTER_TARGETS", "notjson")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write_config(tmp_path, GOOD))
+    assert err.value.lines == [
+        "targets: cannot parse the environment variable BUDDY_EXPORTER_TARGETS* (complex values are JSON)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "first-half\nsecond-half\n",
+            "the token holds whitespace, control or non-ASCII characters",
+        ),
+        ("tök-ünicode-secret", "the token holds whitespace, control or non-ASCII characters"),
+        ("abc", "too short to be a Buddy token"),
+    ],
+)
+def test_token_that_cannot_be_a_bearer_token_is_rejected_without_showing_it(
+    tmp_path: Path, content: str, expected: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    settings = load_settings(
+        write_config(tmp_path, with_changes(buddy__token_file=str(token_file)))
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_token(settings.buddy, {})
+    assert err.value.lines == [f"buddy.token_file: {expected}"]
+    assert "half" not in str(err.value) and "nicode" not in str(err.value)
+
+
+def test_a_fifo_as_token_file_is_rejected_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    settings = load_settings(write_config(tmp_path, with_changes(buddy__token_file=str(fifo))))
+    with pytest.raises(ConfigError, match=r"buddy\.token_file: .* is not a regular file"):
+        resolve_token(settings.buddy, {})
