@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -77,6 +78,7 @@ class Reason:
     INVALID_JSON = "invalid_json"
     INVALID_RESPONSE = "invalid_response"
     INVALID_FIELD = "invalid_field"
+    INTERNAL = "internal"  # an exporter bug met on one object; the others go on
 
     ALL = (
         TIMEOUT,
@@ -91,6 +93,7 @@ class Reason:
         INVALID_JSON,
         INVALID_RESPONSE,
         INVALID_FIELD,
+        INTERNAL,
     )
 
 
@@ -102,6 +105,23 @@ class ApiError(Exception):
         self.reason = reason
         self.status = status
         self.detail = detail
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` made safe for one log line: control characters escaped, length capped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def segment(value: str | int) -> str:
+    """A value as one URL path segment: ``/``, ``?``, ``#``, ``..`` and the like escaped."""
+    text = quote(str(value), safe="")
+    return text if text not in (".", "..") else text.replace(".", "%2E")
+
+
+def path_for(endpoint: str, **values: str | int) -> str:
+    """The path of an endpoint template, each value escaped as a path segment."""
+    return endpoint.format(**{k: segment(v) for k, v in values.items()})
 
 
 def _reason_for_status(status: int) -> str:
@@ -273,8 +293,12 @@ class BuddyClient:
         self, workspace: str, project: str, pipeline_id: int, action_id: int
     ) -> Any:
         """The full action object."""
-        path = ACTION_ENDPOINT.format(
-            workspace=workspace, project=project, pipeline_id=pipeline_id, action_id=action_id
+        path = path_for(
+            ACTION_ENDPOINT,
+            workspace=workspace,
+            project=project,
+            pipeline_id=pipeline_id,
+            action_id=action_id,
         )
         return await self.get_json(ACTION_ENDPOINT, path)
 
@@ -398,6 +422,18 @@ class BuddyClient:
         except httpx.TransportError as exc:
             self._requests[(endpoint, "error")] += 1
             raise self._transport_error(exc) from None
+        except httpx.DecodingError:
+            self._requests[(endpoint, str(status))] += 1
+            raise ApiError(
+                Reason.INVALID_RESPONSE,
+                "the body does not decode as its Content-Encoding says (a broken proxy?)",
+                status,
+            ) from None
+        except httpx.HTTPError as exc:  # anything else httpx refuses (e.g. an invalid URL)
+            self._requests[(endpoint, "error")] += 1
+            raise ApiError(
+                Reason.CONNECTION, f"{type(exc).__name__}: {self._redact(str(exc))}"
+            ) from None
         except _TooLarge:
             self._requests[(endpoint, str(status))] += 1
             raise ApiError(
@@ -413,7 +449,7 @@ class BuddyClient:
     def _decode(self, headers: httpx.Headers, body: bytes) -> Any:
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             ctype = headers.get("content-type", "none")
             raise ApiError(
                 Reason.INVALID_JSON,
@@ -454,13 +490,13 @@ class BuddyClient:
 
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> ApiError:
         message = None
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
+        with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
             message = error_message(json.loads(body))
         if message is None:
             ctype = headers.get("content-type", "none").split(";")[0]
             message = f"non-JSON body ({ctype}, {len(body)} bytes)"
         return ApiError(
-            _reason_for_status(status), f"HTTP {status}: {self._redact(message)}", status
+            _reason_for_status(status), f"HTTP {status}: {printable(self._redact(message))}", status
         )
 
     def _transport_error(self, exc: httpx.TransportError) -> ApiError:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
+from urllib.parse import quote, quote_plus
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
 
 def redact(secret: str) -> None:
-    """Never let ``secret`` appear in a log line from now on (tracebacks included)."""
+    """Never let ``secret`` appear in a log line from now on (tracebacks included).
+
+    Its URL-encoded forms are taken out too: an error page may echo a request back.
+    """
     if secret:
         with _lock:
-            _secrets.add(secret)
+            _secrets.update({secret, quote(secret, safe=""), quote_plus(secret)})
 
 
 def scrub(text: str) -> str:
@@ -25,8 +30,19 @@ def scrub(text: str) -> str:
     return text
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class RedactingFormatter(logging.Formatter):
-    """Formats a record, then removes the secrets from the final text."""
+    """Formats a record, then removes the secrets from the final text.
+
+    Control characters in the message are escaped, so text from Buddy (an error
+    message with a newline) cannot forge a log line of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))

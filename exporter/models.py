@@ -8,6 +8,7 @@ without a usable ``id`` is rejected.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar
 
@@ -19,6 +20,8 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     field_validator,
 )
+
+from exporter.logs import scrub
 
 #: The documented values of ``last_execution_status`` (the seed page's enum).
 KNOWN_STATUSES: tuple[str, ...] = (
@@ -43,7 +46,10 @@ def normalize_status(raw: str | None) -> str | None:
     """Upper-case and trim a status; anything not a plain identifier is ``OTHER``."""
     if raw is None:
         return None
-    value = raw.strip().upper()
+    value = raw.strip()
+    if not value.isascii():  # str.upper() folds some non-ASCII letters into ASCII ones
+        return "OTHER"
+    value = value.upper()
     return value if _IDENTIFIER.fullmatch(value) else "OTHER"
 
 
@@ -59,15 +65,19 @@ class _Lenient(BaseModel):
     def _drop_bad_field(
         cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Any:
-        if info.field_name in cls._required_fields:
-            return handler(value)
+        name = info.field_name or ""
         try:
-            return handler(value)
-        except ValidationError as exc:
+            return handler(_clean(name, value))
+        except (ValidationError, ValueError) as exc:
+            if name in cls._required_fields:
+                raise
             problems = info.context.get("problems") if isinstance(info.context, dict) else None
             if problems is not None:
-                msg = exc.errors(include_url=False)[0]["msg"]
-                problems.append(f"{info.field_name}: {msg} (got {_short(value)})")
+                if isinstance(exc, ValidationError):
+                    msg = exc.errors(include_url=False)[0]["msg"]
+                else:
+                    msg = str(exc)
+                problems.append(f"{name}: {msg} (got {_short(value)})")
             return None
 
     _required_fields: ClassVar[frozenset[str]] = frozenset()
@@ -88,8 +98,31 @@ class _Lenient(BaseModel):
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    # Scrub before cutting: a cut through a secret would hide it from the log filter.
+    text = scrub(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: Fields that hold numbers: true/false there is not a number, and NaN/Infinity are no value.
+_NUMBER_FIELDS = frozenset({"id", "timeout", "retry_count", "retry_interval"})
+
+
+def _clean(field: str, value: Any) -> Any:
+    """Reject what JSON allows but no metric should carry; mend strings that cannot be UTF-8."""
+    if field in _NUMBER_FIELDS:
+        if isinstance(value, bool):
+            raise ValueError("Input should be a number, not a boolean")
+        if isinstance(value, float | str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value  # the field's own validation says what is wrong
+            if not math.isfinite(number):
+                raise ValueError("Input should be a finite number")
+    if isinstance(value, str):
+        # A lone surrogate ("\ud800" in JSON) cannot be encoded and would fail the exposition.
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 class PipelineRef(_Lenient):

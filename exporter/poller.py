@@ -31,6 +31,8 @@ from exporter.client import (
     ApiError,
     BuddyClient,
     Reason,
+    path_for,
+    printable,
 )
 from exporter.config import FetchMode, Target
 from exporter.models import (
@@ -207,12 +209,15 @@ class _Fetcher:
         per_page: int,
         errors: Counter[str],
         failing: dict[str, str],
+        noted: set[str],
     ) -> None:
         self._clients = clients
         self._semaphore = semaphore
         self._per_page = per_page
         self._errors = errors
         self._failing = failing
+        self._noted = noted
+        self.noted_now: set[str] = set()
         self._memo: dict[str, asyncio.Task[Any]] = {}
         self.failed_workspaces: set[str] = set()
         self.succeeded: set[str] = set()
@@ -242,8 +247,23 @@ class _Fetcher:
             except ApiError as exc:
                 self._fail(workspace, what, exc)
                 return exc
+            except Exception as exc:  # a bug must cost one object, not the cycle
+                log.debug("unexpected error fetching %s", what, exc_info=True)
+                error = ApiError(
+                    Reason.INTERNAL, f"unexpected {type(exc).__name__}: {printable(str(exc))}"
+                )
+                self._fail(workspace, what, error)
+                return error
         self.succeeded.add(what)
         return result
+
+    def _note(self, what: str, message: str) -> None:
+        """Log a problem with an object once, not on every cycle while it lasts."""
+        line = f"{message} of {what}"
+        self.noted_now.add(line)
+        if line not in self._noted:
+            self._noted.add(line)
+            log.warning("%s", line)
 
     def _fail(self, workspace: str, what: str, exc: ApiError) -> None:
         self._errors[exc.reason] += 1
@@ -260,29 +280,38 @@ class _Fetcher:
 
     def _parse_items(self, what: str, items: Iterable[Any], model: type[T]) -> list[T]:
         parsed = []
+        seen: set[object] = set()
         for item in items:
             problems: list[str] = []
             try:
-                parsed.append(model.parse(item, problems))  # type: ignore[attr-defined]
+                obj = model.parse(item, problems)  # type: ignore[attr-defined]
             except InvalidObject as exc:
                 self._errors[Reason.INVALID_RESPONSE] += 1
-                log.warning("skipping an unusable item of %s: %s", what, exc)
+                self._note(what, f"skipping an unusable item ({exc})")
                 continue
+            identity = getattr(obj, "id", None) or getattr(obj, "name", None)
+            if identity in seen:
+                self._errors[Reason.INVALID_RESPONSE] += 1
+                self._note(what, f"skipping a second item with the id {identity!r}")
+                continue
+            seen.add(identity)
             self._report(what, problems)
+            parsed.append(obj)
         return parsed
 
     def _report(self, what: str, problems: list[str]) -> None:
         for problem in problems:
             self._errors[Reason.INVALID_FIELD] += 1
-            log.warning("ignoring a bad field of %s: %s", what, problem)
+            self._note(what, f"ignoring a bad field ({problem})")
 
     async def projects(self, ws: str, closed: bool) -> list[Project] | ApiError:
         what = f"the projects of workspace={ws}"
         params = None if closed else {"status": "ACTIVE"}
 
         async def call() -> list[Project]:
+            path = path_for(PROJECTS_ENDPOINT, workspace=ws)
             items = await self._clients[ws].list_all(
-                PROJECTS_ENDPOINT, f"/workspaces/{ws}/projects", "projects", self._per_page, params
+                PROJECTS_ENDPOINT, path, "projects", self._per_page, params
             )
             return self._parse_items(what, items, Project)
 
@@ -292,7 +321,7 @@ class _Fetcher:
         what = f"the pipelines of workspace={ws} project={project}"
 
         async def call() -> list[Pipeline]:
-            path = f"/workspaces/{ws}/projects/{project}/pipelines"
+            path = path_for(PIPELINES_ENDPOINT, workspace=ws, project=project)
             items = await self._clients[ws].list_all(
                 PIPELINES_ENDPOINT, path, "pipelines", self._per_page
             )
@@ -304,9 +333,14 @@ class _Fetcher:
         what = f"pipeline {describe(key)}"
 
         async def call() -> Pipeline:
-            path = f"/workspaces/{key.workspace}/projects/{key.project}/pipelines/{key.pipeline_id}"
+            path = path_for(
+                PIPELINE_ENDPOINT,
+                workspace=key.workspace,
+                project=key.project,
+                pipeline_id=key.pipeline_id,
+            )
             data = await self._clients[key.workspace].get_json(PIPELINE_ENDPOINT, path)
-            return self._parse_one(what, data, Pipeline)
+            return self._parse_one(what, data, Pipeline, key.pipeline_id)
 
         return await self._once(key.workspace, what, call)
 
@@ -314,18 +348,26 @@ class _Fetcher:
         what = f"the actions of {describe(key)}"
 
         async def call() -> list[_ListedAction]:
-            path = (
-                f"/workspaces/{key.workspace}/projects/{key.project}"
-                f"/pipelines/{key.pipeline_id}/actions"
+            path = path_for(
+                ACTIONS_ENDPOINT,
+                workspace=key.workspace,
+                project=key.project,
+                pipeline_id=key.pipeline_id,
             )
             items = await self._clients[key.workspace].list_all(
                 ACTIONS_ENDPOINT, path, "actions", self._per_page
             )
             complete = [isinstance(i, dict) and i.keys() >= ACTION_METRIC_FIELDS for i in items]
             parsed: list[_ListedAction] = []
+            seen: set[int] = set()
             for item, is_complete in zip(items, complete, strict=True):
-                actions = self._parse_items(what, [item], Action)
-                parsed.extend(_ListedAction(a, is_complete) for a in actions)
+                for action in self._parse_items(what, [item], Action):
+                    if action.id in seen:
+                        self._errors[Reason.INVALID_RESPONSE] += 1
+                        self._note(what, f"skipping a second item with the id {action.id!r}")
+                        continue
+                    seen.add(action.id)
+                    parsed.append(_ListedAction(action, is_complete))
             return parsed
 
         return await self._once(key.workspace, what, call)
@@ -337,16 +379,21 @@ class _Fetcher:
             data = await self._clients[key.workspace].get_action(
                 key.workspace, key.project, key.pipeline_id, key.action_id
             )
-            return self._parse_one(what, data, Action)
+            return self._parse_one(what, data, Action, key.action_id)
 
         return await self._once(key.workspace, what, call)
 
-    def _parse_one(self, what: str, data: Any, model: type[T]) -> T:
+    def _parse_one(self, what: str, data: Any, model: type[T], expected_id: int) -> T:
         problems: list[str] = []
         try:
             parsed: T = model.parse(data, problems)  # type: ignore[attr-defined]
         except InvalidObject as exc:
             raise ApiError(Reason.INVALID_RESPONSE, f"unusable object: {exc}", 200) from None
+        got = getattr(parsed, "id", None)
+        if got != expected_id:
+            raise ApiError(
+                Reason.INVALID_RESPONSE, f"asked for id {expected_id}, got an object with id {got}"
+            )
         self._report(what, problems)
         return parsed
 
@@ -395,6 +442,7 @@ class Poller:
         self._configured = {k for k in (_configured_key(t) for t in targets) if k is not None}
         self._errors: Counter[str] = Counter()
         self._failing: dict[str, str] = {}
+        self._noted: set[str] = set()
         self._last_discovery: float | None = None
         self._projects: dict[int, tuple[str, ...]] = {}
         self._action_index: dict[PipelineKey, tuple[_IndexedAction, ...]] = {}
@@ -416,7 +464,12 @@ class Poller:
                 or now - self._last_discovery >= self._discovery_interval
             )
             fetcher = _Fetcher(
-                self._clients, self._semaphore, self._per_page, self._errors, self._failing
+                self._clients,
+                self._semaphore,
+                self._per_page,
+                self._errors,
+                self._failing,
+                self._noted,
             )
             walk = _Walk()
             if discover:
@@ -469,6 +522,7 @@ class Poller:
             del self._failing[what]
         for what in [w for w in self._failing if not fetcher.requested(w)]:
             del self._failing[what]  # no longer polled: forget it
+        self._noted &= fetcher.noted_now  # a problem that went away may be logged again
 
     # -- walking the scopes ----------------------------------------------------------
     async def _walk_target(

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from exporter.models import KNOWN_STATUSES
 
@@ -447,9 +447,10 @@ class Simulator:
             if not path.startswith(self.base_path + "/"):
                 return 404, _error("Not found")
             path = path[len(self.base_path) :]
-        match = _ROUTE.match(path)
-        if not match:
+        found = _ROUTE.match(path)
+        if not found:
             return 404, _error("Not found")
+        match = {k: unquote(v) if v else v for k, v in found.groupdict().items()}
         token = auth[len("Bearer ") :].strip() if auth.startswith("Bearer ") else None
         if match["ws"] is None:
             allowed = [w for w in self.workspaces.values() if w.token == token]

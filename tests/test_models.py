@@ -123,3 +123,37 @@ def test_status_normalisation(raw: str | None, expected: str | None) -> None:
 )
 def test_error_message(body: object, expected: str | None) -> None:
     assert error_message(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "message"),
+    [
+        ("timeout", True, "Input should be a number, not a boolean"),
+        ("retry_count", float("nan"), "Input should be a finite number"),
+        ("timeout", float("inf"), "Input should be a finite number"),
+        ("timeout", "nan", "Input should be a finite number"),
+        ("retry_interval", "-Infinity", "Input should be a finite number"),
+    ],
+)
+def test_made_up_numbers_are_dropped(field: str, raw: object, message: str) -> None:
+    problems: list[str] = []
+    action = Action.parse({**SAMPLE_DPV, field: raw}, problems)
+    assert getattr(action, field) is None
+    assert problems and problems[0].startswith(f"{field}: {message}")
+
+
+def test_boolean_id_is_not_an_id() -> None:
+    with pytest.raises(InvalidObject):
+        Action.parse({"id": True})
+
+
+def test_lone_surrogates_are_mended() -> None:
+    action = Action.parse(
+        json.loads('{"id": 1, "name": "bad\\ud800name", "html_url": "https://x/\\udfff"}')
+    )
+    assert action.name == "bad?name" and action.html_url == "https://x/?"
+    assert action.name.encode("utf-8")
+
+
+def test_non_ascii_status_does_not_fold_into_a_known_one() -> None:
+    assert normalize_status("\u017fuccessful") == "OTHER"  # a long s
