@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +31,22 @@ LIVENESS_TIMEOUT_SECONDS = 30.0
 Reloader = Callable[[], tuple[Settings, dict[str, Connection]]]
 
 
+def _client_key(settings: Settings, connection: Connection) -> tuple[object, ...]:
+    # Everything a client is built from: an unchanged key lets a reload keep the client,
+    # with its counts, its rate-limit state and its connections.
+    buddy = settings.buddy.model_dump(exclude={"token", "token_file", "api_url"})
+    return (
+        connection.api_url,
+        connection.token.get_secret_value(),
+        tuple(sorted((k, str(v)) for k, v in buddy.items())),
+        settings.poll.interval_seconds,
+    )
+
+
 def make_clients(
-    settings: Settings, connections: Mapping[str, Connection]
+    settings: Settings,
+    connections: Mapping[str, Connection],
+    reusable: Mapping[tuple[object, ...], BuddyClient] | None = None,
 ) -> dict[str, BuddyClient]:
     """One client per installation and token, shared by the workspaces that use it.
 
@@ -44,10 +59,12 @@ def make_clients(
             "anyone on the network path can impersonate Buddy and read the token",
             ", ".join(sorted({c.api_url for c in connections.values()})),
         )
-    by_connection: dict[tuple[str, str], BuddyClient] = {}
+    by_connection: dict[tuple[object, ...], BuddyClient] = {}
     clients: dict[str, BuddyClient] = {}
     for workspace, connection in connections.items():
-        key = (connection.api_url, connection.token.get_secret_value())
+        key = _client_key(settings, connection)
+        if key not in by_connection and reusable and key in reusable:
+            by_connection[key] = reusable[key]
         if key not in by_connection:
             by_connection[key] = BuddyClient.for_config(
                 settings.buddy,
@@ -64,11 +81,16 @@ def make_poller(
     clients: Mapping[str, BuddyClient],
     publish: Callable[[Snapshot], Awaitable[None]],
     previous: Snapshot | None = None,
+    *,
+    errors: Counter[str] | None = None,
+    retired_requests: Counter[tuple[str, str]] | None = None,
 ) -> Poller:
     poller = Poller(
         settings.targets,
         clients,
         publish,
+        errors=errors,
+        retired_requests=retired_requests,
         interval_seconds=settings.poll.interval_seconds,
         stale_after_seconds=settings.poll.stale_after_seconds,
         discovery_interval_seconds=settings.poll.discovery_interval_seconds,
@@ -82,6 +104,15 @@ def make_poller(
         # Keep the last good values across a reload, so nothing flaps.
         poller.snapshot = previous
     return poller
+
+
+def _warn_unused_workspaces(settings: Settings) -> None:
+    used = {t.workspace.lower() for t in settings.targets}
+    for entry in settings.workspaces:
+        if entry.workspace.lower() not in used:
+            log.warning(
+                "workspaces: %s is configured but no target names it (a typo?)", entry.workspace
+            )
 
 
 def _unique(clients: Mapping[str, BuddyClient]) -> list[BuddyClient]:
@@ -115,8 +146,19 @@ class Exporter:
         watch: Sequence[Path] = (),
     ) -> None:
         self.settings = settings
+        self._connections = dict(connections)
+        _warn_unused_workspaces(settings)
         self.clients = make_clients(settings, connections)
-        self.poller = make_poller(settings, self.clients, self._publish)
+        # Counters outlive reloads: they only ever go up while the process runs.
+        self._errors: Counter[str] = Counter()
+        self._retired_requests: Counter[tuple[str, str]] = Counter()
+        self.poller = make_poller(
+            settings,
+            self.clients,
+            self._publish,
+            errors=self._errors,
+            retired_requests=self._retired_requests,
+        )
         self.store = MetricsStore(self.poller.snapshot, self._render_options(settings))
         self.server = MetricsServer(
             settings.web.listen_address,
@@ -213,16 +255,37 @@ class Exporter:
         try:
             settings, connections = await asyncio.to_thread(self._reloader)
         except ConfigError as exc:
-            for line in exc.lines:
+            lines = exc.lines
+        except Exception as exc:  # whatever goes wrong, the running config stays
+            log.debug("reload failed", exc_info=True)
+            lines = [f"config: {type(exc).__name__}: {exc}"]
+        else:
+            lines = []
+        if lines:
+            for line in lines:
                 log.error("reload rejected, keeping the running configuration: %s", line)
             self._reload_ok = False
             await self._publish(self.poller.snapshot)
             return False
+        _warn_unused_workspaces(settings)
         for connection in connections.values():
             logs.redact(connection.token.get_secret_value())
-        old_clients = _unique(self.clients)
-        self.clients = make_clients(settings, connections)
-        self.poller = make_poller(settings, self.clients, self._publish, self.poller.snapshot)
+        old = {_client_key(self.settings, self._connections[w]): c for w, c in self.clients.items()}
+        self.clients = make_clients(settings, connections, old)
+        self._connections = dict(connections)
+        kept = {id(c) for c in self.clients.values()}
+        retired = [c for c in {id(c): c for c in old.values()}.values() if id(c) not in kept]
+        for client in retired:  # their counts stay in the counters, which only go up
+            for endpoint, code, count in client.stats().requests:
+                self._retired_requests[(endpoint, code)] += count
+        self.poller = make_poller(
+            settings,
+            self.clients,
+            self._publish,
+            self.poller.snapshot,
+            errors=self._errors,
+            retired_requests=self._retired_requests,
+        )
         self.store.options = self._render_options(settings)
         if settings.web != self.settings.web:
             log.warning("web.listen_address changed: it takes effect at the next restart")
@@ -235,7 +298,7 @@ class Exporter:
         self.settings = settings
         self._reload_ok = True
         self._reload_success_time = time.time()
-        for client in old_clients:
+        for client in retired:
             await client.aclose()
         log.info("configuration reloaded: %s", self._summary(settings))
         return True

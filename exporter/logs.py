@@ -65,5 +65,8 @@ def set_level(level: str) -> None:
     root = logging.getLogger()
     root.setLevel(level.upper())
     # Per-request lines from libraries are noise at info level.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Its "skipped: maximum number of running instances" duplicates the poller's own warning
+    # about a long cycle; job errors are still logged at error level.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))

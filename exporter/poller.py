@@ -426,6 +426,8 @@ class Poller:
         shard: int = 0,
         total_shards: int = 1,
         clock: Callable[[], float] = time.time,
+        errors: Counter[str] | None = None,
+        retired_requests: Counter[tuple[str, str]] | None = None,
     ) -> None:
         self._targets = tuple(targets)
         self._clients = dict(clients)
@@ -440,7 +442,8 @@ class Poller:
         self._total_shards = total_shards
         self._clock = clock
         self._configured = {k for k in (_configured_key(t) for t in targets) if k is not None}
-        self._errors: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter() if errors is None else errors
+        self._retired_requests = Counter() if retired_requests is None else retired_requests
         self._failing: dict[str, str] = {}
         self._noted: set[str] = set()
         self._last_discovery: float | None = None
@@ -485,7 +488,7 @@ class Poller:
             self._forget_recovered(fetcher)
             now = self._clock()
             snapshot = self._build(walk, fetcher, now, time.monotonic() - started)
-            snapshot = _with_requests(snapshot, clients, requests_before)
+            snapshot = _with_requests(snapshot, clients, requests_before, self._retired_requests)
             self.snapshot = snapshot
             await self._publish(snapshot)
         except Exception:  # a bug must not stop polling; keep serving the last snapshot
@@ -810,9 +813,12 @@ class Poller:
 
 
 def _with_requests(
-    snapshot: Snapshot, clients: Iterable[BuddyClient], requests_before: int
+    snapshot: Snapshot,
+    clients: Iterable[BuddyClient],
+    requests_before: int,
+    retired: Counter[tuple[str, str]],
 ) -> Snapshot:
-    totals: defaultdict[tuple[str, str], int] = defaultdict(int)
+    totals: defaultdict[tuple[str, str], int] = defaultdict(int, retired)
     made = 0
     for client in clients:
         made += client.request_total()

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import TOKEN, config_for, find, http_get, value, wait_for
 
-from exporter.simulator import Simulator
+from exporter.simulator import Fault, Simulator
 
 
 class Process:
@@ -110,3 +110,35 @@ def test_rotated_token_file_is_picked_up(running: Process, sim: Simulator, tmp_p
     (tmp_path / "token").write_text("rotated-token-77\n")  # no signal: the file change is enough
     wait_for(lambda: value(running.metrics(), "buddy_up", workspace="acme") == 1, timeout=15)
     assert "rotated-token-77" not in running.log and TOKEN not in running.log
+
+
+def _total(text: str, name: str) -> float:
+    return sum(v for _, v in find(text, name))
+
+
+def test_counters_never_go_down_across_reloads(running: Process, sim: Simulator) -> None:
+    sim.add_fault(Fault(path=r"/actions/102$", status=500))
+    wait_for(
+        lambda: (
+            (value(running.metrics(), "buddy_exporter_errors_total", reason="server_error") or 0)
+            >= 2
+        ),
+        timeout=15,
+    )
+    before = running.metrics()
+    # A change that keeps the client (poll settings) and one that replaces it (timeout).
+    running.write({**running.data, "poll": {**running.data["poll"], "stale_after_seconds": 120}})
+    running.hup()
+    wait_for(lambda: running.log.count("configuration reloaded") == 1, timeout=15)
+    running.write(
+        {**running.data, "buddy": {**running.data["buddy"], "request_timeout_seconds": 3}}
+    )
+    running.hup()
+    wait_for(lambda: running.log.count("configuration reloaded") == 2, timeout=15)
+    running.hup()
+    wait_for(lambda: running.log.count("configuration reloaded") == 3, timeout=15)
+    after = running.metrics()
+    for name in ("buddy_exporter_api_requests_total", "buddy_exporter_errors_total"):
+        assert _total(after, name) >= _total(before, name), name
+    for labels, count in find(before, "buddy_exporter_api_requests_total"):
+        assert (value(after, "buddy_exporter_api_requests_total", **labels) or 0) >= count, labels
