@@ -57,7 +57,7 @@ class _Families:
 
 def stock_text(families: Iterable[Metric]) -> bytes:
     """prometheus_client's text format 0.0.4 of ``families`` (the reference)."""
-    return _stock_text(_Families(families))  # type: ignore[arg-type]
+    return _stock_text(_Families(families))
 
 
 def stock_openmetrics(families: Iterable[Metric]) -> bytes:
@@ -122,16 +122,17 @@ class Encoder:
         return self._encode(families, self._openmetrics)
 
     def _encode(self, families: Iterable[Metric], fmt: _Format) -> bytes:
-        parts: list[str] = []
+        # Each family's text becomes bytes at once, so the whole exposition is never
+        # held as text and bytes at the same time.
+        parts: list[bytes] = []
         for family in families:
             lines = self._fast_samples(family, fmt)
             if lines is None:
-                parts.append(fmt.stock(family))
+                parts.append(fmt.stock(family).encode("utf-8"))
             else:
-                parts.append(fmt.header(family))
-                parts.append(lines)
-        parts.append(fmt.trailer)
-        return "".join(parts).encode("utf-8")
+                parts.append((fmt.header(family) + lines).encode("utf-8"))
+        parts.append(fmt.trailer.encode("utf-8"))
+        return b"".join(parts)
 
     def _fast_samples(self, family: Metric, fmt: _Format) -> str | None:
         """The sample lines of ``family``, or ``None`` if it needs the stock encoder."""
