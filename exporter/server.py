@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ def make_handler(store: MetricsStore, health: Health, summary: str) -> type[Base
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes; with Nagle's algorithm a small body
+        # would wait for the client's delayed ACK (40 ms on Linux) on every scrape.
+        disable_nagle_algorithm = True
         server_version = f"buddy-exporter/{__version__}"
         sys_version = ""
 
@@ -151,6 +155,13 @@ class _Server(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A scraper that hangs up mid-response is its business, not a traceback on stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s went away", client_address)
+            return
+        log.exception("error while serving %s", client_address)
 
 
 class MetricsServer:
