@@ -8,7 +8,6 @@ figures move with the machine's noise.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import os
 import socket
 import subprocess
@@ -64,18 +63,20 @@ class Budget:
     startup_actions: int
     cell_seconds: float
     max_requests: int
+    deep_tree: int  # actions per pipeline in the memory runs (fewer requests per cycle)
 
 
 FULL = Budget(
     sizes=(1_000, 10_000, 50_000),
     stock_scrape_sizes=(1_000, 10_000),
     poll_get_sizes=(1_000, 10_000),
-    poll_concurrency=32,
+    poll_concurrency=8,
     soak_actions=10_000,
     soak_cycles=100,
     startup_actions=1_000,
-    cell_seconds=0.5,
+    cell_seconds=0.4,
     max_requests=200,
+    deep_tree=100,
 )
 QUICK = Budget(
     sizes=(100,),
@@ -87,6 +88,7 @@ QUICK = Budget(
     startup_actions=100,
     cell_seconds=0.05,
     max_requests=5,
+    deep_tree=10,
 )
 
 
@@ -138,16 +140,6 @@ def poll_cycles(url: str, mode: FetchMode, concurrency: int, count: int = 1) -> 
     return asyncio.run(_cycles(url, mode, concurrency, count))
 
 
-def snapshots(sizes: tuple[int, ...]) -> dict[int, Snapshot]:
-    """A real snapshot of each size: one list-mode cycle against the simulator."""
-    out = {}
-    for size in sizes:
-        with simulator_process(size) as url:
-            out[size] = poll_cycles(url, FetchMode.LIST, 16)[0].snapshot
-        assert len(out[size].actions) == size, (size, len(out[size].actions))
-    return out
-
-
 def series_count(snapshot: Snapshot, mode: StatusSeries) -> int:
     return sum(len(f.samples) for f in families_of(snapshot, RenderOptions(60, mode)))
 
@@ -174,20 +166,22 @@ def _best(fn: Callable[[], Any], runs: int) -> float:
     return best
 
 
-def render_figures(snapshot: Snapshot, mode: StatusSeries, stock_runs: int) -> RenderFigures:
+def render_figures(snapshot: Snapshot, mode: StatusSeries, runs: int) -> RenderFigures:
+    """Both encoders over one collection of the families; the collect is shared code.
+
+    ours = collect + our encoder, stock = collect + ``generate_latest``: what each costs
+    from a snapshot to bytes.
+    """
     options = RenderOptions(60, mode)
+    collect = _best(lambda: families_of(snapshot, options), runs)
     families = families_of(snapshot, options)
     plain = Encoder().text(families)
-    ours_runs = max(stock_runs, 3)
-    collect = _best(lambda: families_of(snapshot, options), ours_runs)
-    ours = _best(lambda: Encoder().text(families_of(snapshot, options)), ours_runs)
-    ours_encode = _best(lambda: Encoder().text(families), ours_runs)
-    stock = _best(lambda: generate_latest(registry_for(snapshot, options)), stock_runs)
-    stock_encode = _best(lambda: generate_latest(_Fixed(families)), stock_runs)
+    ours_encode = _best(lambda: Encoder().text(families), runs)
+    stock_encode = _best(lambda: generate_latest(_Fixed(families)), runs)
     gz = _best(lambda: compress(plain), 1)
     return RenderFigures(
-        sum(len(f.samples) for f in families), len(plain), ours, stock, ours_encode,
-        stock_encode, collect, gz,
+        sum(len(f.samples) for f in families), len(plain), collect + ours_encode,
+        collect + stock_encode, ours_encode, stock_encode, collect, gz,
     )  # fmt: skip
 
 
@@ -238,14 +232,19 @@ class _FloorServer(ThreadingHTTPServer):
         return None  # the load generator hanging up at the end of a cell
 
 
+def built_store(snapshot: Snapshot, options: RenderOptions) -> MetricsStore:
+    """A store with the text forms built ahead, as after any poll cycle once asked for."""
+    store = MetricsStore(snapshot, options)
+    for fmt, compressed in FORMS:
+        store.get(fmt, compressed)
+    store.publish(snapshot)
+    return store
+
+
 @contextmanager
-def _serving(kind: str, snapshot: Snapshot, options: RenderOptions) -> Iterator[int]:
-    """Serve ``snapshot`` the ``kind`` way ("ours", "stock", "floor"); yields the port."""
+def _serving(kind: str, store: MetricsStore) -> Iterator[int]:
+    """Serve the store's snapshot the ``kind`` way ("ours", "stock", "floor"); yields the port."""
     if kind == "ours":
-        store = MetricsStore(snapshot, options)
-        for fmt, compressed in FORMS:
-            store.get(fmt, compressed)
-        store.publish(snapshot)  # now built ahead, as after any poll cycle
         server = MetricsServer("127.0.0.1:0", store, Health(lambda: True, lambda: (True, "")), "")
         server.start()
         try:
@@ -253,7 +252,8 @@ def _serving(kind: str, snapshot: Snapshot, options: RenderOptions) -> Iterator[
         finally:
             server.stop()
     elif kind == "stock":
-        httpd, thread = start_http_server(0, "127.0.0.1", registry_for(snapshot, options))
+        registry = registry_for(store.current.snapshot, store.options)
+        httpd, thread = start_http_server(0, "127.0.0.1", registry)
         try:
             yield int(httpd.server_address[1])
         finally:
@@ -261,13 +261,8 @@ def _serving(kind: str, snapshot: Snapshot, options: RenderOptions) -> Iterator[
             httpd.server_close()
             thread.join(5)
     else:
-        store = MetricsStore(snapshot, options)
-        plain = store.current.get(Format.TEXT, False)
-        handler = type(
-            "Floor",
-            (_FloorHandler,),
-            {"bodies": {False: plain, True: gzip.compress(plain, 6, mtime=0)}},
-        )
+        bodies = {c: store.current.get(Format.TEXT, c) for c in (False, True)}
+        handler = type("Floor", (_FloorHandler,), {"bodies": bodies})
         floor = _FloorServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=floor.serve_forever, daemon=True)
         thread.start()
@@ -282,17 +277,15 @@ def _serving(kind: str, snapshot: Snapshot, options: RenderOptions) -> Iterator[
 def scrape_figures(
     pool: ProcessPoolExecutor,
     kind: str,
-    snapshot: Snapshot,
-    options: RenderOptions,
+    store: MetricsStore,
     cells: list[tuple[int, bool]],
-    budget: Budget,
+    seconds: float,
     max_requests: int,
 ) -> dict[tuple[int, bool], ScrapeFigures]:
     out = {}
-    with _serving(kind, snapshot, options) as port:
+    with _serving(kind, store) as port:
         for clients, compressed in cells:
             headers = {"Accept-Encoding": "gzip"} if compressed else {}
-            seconds = budget.cell_seconds if kind != "stock" else 0.0
             result = pool.submit(
                 loadgen.run, "127.0.0.1", port, "/metrics", headers, clients,
                 max(max_requests, clients), seconds, clients,
@@ -402,10 +395,10 @@ def startup_seconds(actions: int) -> float:
             return time.monotonic() - started
 
 
-def first_cycle_rss(actions: int) -> tuple[float, float]:
+def first_cycle_rss(actions: int, per_pipeline: int) -> tuple[float, float]:
     """(RSS in MiB once the first cycle is served, the first text scrape's size in MiB)."""
     with (
-        simulator_process(actions) as url,
+        simulator_process(actions, per_pipeline=per_pipeline) as url,
         tempfile.TemporaryDirectory() as tmp,
         exporter_process(url, 3600, FetchMode.LIST, Path(tmp)) as (proc, port, _),
     ):
@@ -415,13 +408,13 @@ def first_cycle_rss(actions: int) -> tuple[float, float]:
         return _rss_mib(proc.pid), size
 
 
-def soak_rss(actions: int, cycles: int) -> list[tuple[int, float]]:
+def soak_rss(actions: int, cycles: int, per_pipeline: int) -> list[tuple[int, float]]:
     """(cycle, RSS MiB) while polling back to back for ``cycles`` cycles."""
     marks = sorted({1, max(1, cycles // 10), cycles // 4, cycles // 2, cycles} - {0})
     # cycle 1 allocates what every later cycle reuses; growth is counted from cycles // 10
     samples: list[tuple[int, float]] = []
     with (
-        simulator_process(actions) as url,
+        simulator_process(actions, per_pipeline=per_pipeline) as url,
         tempfile.TemporaryDirectory() as tmp,
         exporter_process(url, 0.1, FetchMode.LIST, Path(tmp)) as (proc, _, done),
     ):

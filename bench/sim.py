@@ -15,8 +15,8 @@ PIPELINES_PER_PROJECT = 5
 ACTIONS_PER_PIPELINE = 10
 
 
-def projects_for(actions: int) -> int:
-    return max(1, actions // (PIPELINES_PER_PROJECT * ACTIONS_PER_PIPELINE))
+def projects_for(actions: int, per_pipeline: int = ACTIONS_PER_PIPELINE) -> int:
+    return max(1, actions // (PIPELINES_PER_PROJECT * per_pipeline))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--actions", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds added to each request")
     parser.add_argument("--list-actions", choices=["summary", "full"], default="full")
+    parser.add_argument("--per-pipeline", type=int, default=ACTIONS_PER_PIPELINE)
     args = parser.parse_args(argv)
     sim = Simulator(token=TOKEN, list_actions=args.list_actions, rate_limit=10**9)
     sim.seed_generated(
-        "acme", projects_for(args.actions), PIPELINES_PER_PROJECT, ACTIONS_PER_PIPELINE
+        "acme",
+        projects_for(args.actions, args.per_pipeline),
+        PIPELINES_PER_PROJECT,
+        args.per_pipeline,
     )
     if args.delay:
         sim.add_fault(Fault(delay=args.delay, passthrough=True))
@@ -46,12 +50,18 @@ class _Discard(list):  # type: ignore[type-arg]
 
 @contextlib.contextmanager
 def simulator_process(
-    actions: int, delay: float = 0.0, list_actions: str = "full"
+    actions: int,
+    delay: float = 0.0,
+    list_actions: str = "full",
+    per_pipeline: int = ACTIONS_PER_PIPELINE,
 ) -> Iterator[str]:
-    """Start the simulator in a child process; yields its base URL."""
+    """Start the simulator in a child process; yields its base URL.
+
+    The tree is projects x 5 pipelines x ``per_pipeline`` actions.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.sim", "--actions", str(actions), "--delay", str(delay),
-         "--list-actions", list_actions],
+         "--list-actions", list_actions, "--per-pipeline", str(per_pipeline)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
