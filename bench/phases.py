@@ -36,6 +36,7 @@ from exporter.config import FetchMode, StatusSeries, Target
 from exporter.exposition import Encoder
 from exporter.poller import Poller
 from exporter.render import (
+    Exposition,
     Format,
     MetricsStore,
     RenderOptions,
@@ -64,6 +65,7 @@ class Budget:
     cell_seconds: float
     max_requests: int
     deep_tree: int  # actions per pipeline in the memory runs (fewer requests per cycle)
+    soak_series: str = "current"
 
 
 FULL = Budget(
@@ -74,7 +76,7 @@ FULL = Budget(
     soak_actions=10_000,
     soak_cycles=100,
     startup_actions=1_000,
-    cell_seconds=0.4,
+    cell_seconds=0.25,
     max_requests=200,
     deep_tree=100,
 )
@@ -167,12 +169,15 @@ def _best(fn: Callable[[], Any], runs: int) -> float:
 
 
 def render_figures(snapshot: Snapshot, mode: StatusSeries, runs: int) -> RenderFigures:
-    """Both encoders over one collection of the families; the collect is shared code.
+    """Our render as the exporter runs it, against ``generate_latest`` over a registry.
 
-    ours = collect + our encoder, stock = collect + ``generate_latest``: what each costs
-    from a snapshot to bytes.
+    ours = ``Exposition.build`` (collect the families with the cyclic GC paused, then our
+    encoder); stock = ``generate_latest(registry)``, as a user would call it. The encode
+    columns put both encoders over one already-collected list of families.
     """
     options = RenderOptions(60, mode)
+    ours = _best(lambda: Exposition(snapshot, options).build([(Format.TEXT, False)]), runs)
+    stock = _best(lambda: generate_latest(registry_for(snapshot, options)), runs)
     collect = _best(lambda: families_of(snapshot, options), runs)
     families = families_of(snapshot, options)
     plain = Encoder().text(families)
@@ -180,8 +185,8 @@ def render_figures(snapshot: Snapshot, mode: StatusSeries, runs: int) -> RenderF
     stock_encode = _best(lambda: generate_latest(_Fixed(families)), runs)
     gz = _best(lambda: compress(plain), 1)
     return RenderFigures(
-        sum(len(f.samples) for f in families), len(plain), collect + ours_encode,
-        collect + stock_encode, ours_encode, stock_encode, collect, gz,
+        sum(len(f.samples) for f in families), len(plain), ours, stock, ours_encode,
+        stock_encode, collect, gz,
     )  # fmt: skip
 
 
@@ -335,17 +340,18 @@ def _ready(port: int) -> bool:
 
 @contextmanager
 def exporter_process(
-    url: str, interval: float, mode: FetchMode, tmp: Path
+    url: str, interval: float, mode: FetchMode, tmp: Path, status_series: str = "all"
 ) -> Iterator[tuple[subprocess.Popen[str], int, list[float]]]:
     """``python -m exporter`` against ``url``; yields the process, its port and cycle ends."""
     port = _free_port()
     config = {
-        "buddy": {"api_url": url, "fetch_mode": mode.value, "per_page": 100,
-                  "max_concurrency": 16, "request_timeout_seconds": 60},
+        "buddy": {"api_url": url, "fetch_mode": mode.value,
+                  "max_concurrency": 8, "request_timeout_seconds": 60},
         "poll": {"interval_seconds": interval, "stale_after_seconds": 3600,
                  "discovery_interval_seconds": 3600},
         "web": {"listen_address": f"127.0.0.1:{port}"},
         "log": {"level": "debug"},
+        "metrics": {"status_series": status_series},
         "targets": [{"workspace": "acme"}],
     }  # fmt: skip
     path = tmp / f"exporter-{port}.yaml"
@@ -403,12 +409,24 @@ def first_cycle_rss(actions: int, per_pipeline: int) -> tuple[float, float]:
         exporter_process(url, 3600, FetchMode.LIST, Path(tmp)) as (proc, port, _),
     ):
         _wait(lambda: _ready(port), 300, "readyz")
+        _check_exports(port, actions)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
             size = len(r.read()) / 2**20
         return _rss_mib(proc.pid), size
 
 
-def soak_rss(actions: int, cycles: int, per_pipeline: int) -> list[tuple[int, float]]:
+def _check_exports(port: int, actions: int) -> None:
+    """Refuse to report the memory of an exporter that is not exporting every action."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
+        body = r.read()
+    expected = f'buddy_exporter_targets{{kind="action"}} {float(actions)}'.encode()
+    if expected not in body:
+        raise RuntimeError(f"the exporter does not export {actions} actions")
+
+
+def soak_rss(
+    actions: int, cycles: int, per_pipeline: int, status_series: str
+) -> list[tuple[int, float]]:
     """(cycle, RSS MiB) while polling back to back for ``cycles`` cycles."""
     marks = sorted({1, max(1, cycles // 10), cycles // 4, cycles // 2, cycles} - {0})
     # cycle 1 allocates what every later cycle reuses; growth is counted from cycles // 10
@@ -416,8 +434,14 @@ def soak_rss(actions: int, cycles: int, per_pipeline: int) -> list[tuple[int, fl
     with (
         simulator_process(actions, per_pipeline=per_pipeline) as url,
         tempfile.TemporaryDirectory() as tmp,
-        exporter_process(url, 0.1, FetchMode.LIST, Path(tmp)) as (proc, _, done),
+        exporter_process(url, 0.1, FetchMode.LIST, Path(tmp), status_series) as (
+            proc,
+            port,
+            done,
+        ),
     ):
+        _wait(lambda: len(done) >= 1, 300, "the first cycle")
+        _check_exports(port, actions)
         for mark in marks:
             _wait(lambda m=mark: len(done) >= m, 600, f"cycle {mark}")  # type: ignore[misc]
             samples.append((len(done), _rss_mib(proc.pid)))
