@@ -48,6 +48,7 @@ from exporter.server import Health, MetricsServer
 from exporter.snapshot import Snapshot
 
 LATENCY = 0.02  # injected per simulated request in the poll phase
+UNLIMITED_RATE = 1e6  # requests per second: no client-side rate limit in the benchmark
 FORMS = [(Format.TEXT, False), (Format.TEXT, True)]
 
 
@@ -104,7 +105,16 @@ class Cycle:
 
 
 async def _cycles(url: str, mode: FetchMode, concurrency: int, count: int) -> list[Cycle]:
-    client = BuddyClient(url, SecretStr(TOKEN), timeout=60, max_connections=concurrency)
+    # Buddy's own rate limit (buddy.max_requests_per_second) is lifted: this measures the
+    # exporter, not the budget a token is allowed.
+    client = BuddyClient(
+        url,
+        SecretStr(TOKEN),
+        timeout=60,
+        max_connections=concurrency,
+        max_requests_per_second=UNLIMITED_RATE,
+        burst=1000,
+    )
 
     async def publish(_: Snapshot) -> None:
         return None  # rendering is measured on its own
@@ -346,7 +356,8 @@ def exporter_process(
     port = _free_port()
     config = {
         "buddy": {"api_url": url, "fetch_mode": mode.value,
-                  "max_concurrency": 8, "request_timeout_seconds": 60},
+                  "max_concurrency": 8, "request_timeout_seconds": 60,
+                  "max_requests_per_second": UNLIMITED_RATE, "burst": 1000},
         "poll": {"interval_seconds": interval, "stale_after_seconds": 3600,
                  "discovery_interval_seconds": 3600},
         "web": {"listen_address": f"127.0.0.1:{port}"},
