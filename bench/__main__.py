@@ -95,13 +95,18 @@ def run(budget: Budget) -> tuple[list[Table], list[str]]:
     render_focus = None
     for size in budget.sizes:
         for mode in StatusSeries:
-            f = phases.render_figures(snaps[size], mode, runs=1 if size >= 10_000 else 3)
+            # The encode-only split is shown up to 10,000 actions: at 50,000 it would cost
+            # another half-minute of stock encoding for the same ratio.
+            f = phases.render_figures(
+                snaps[size], mode, runs=1 if size >= 10_000 else 3, encode_only=size <= 10_000
+            )
             if size == focus and mode is StatusSeries.ALL:
                 render_focus = f
             render.add(
                 _size(size), mode.value, _size(f.series), f.text_bytes / 2**20, ms(f.ours),
                 ms(f.stock), ratio(f.ours / f.stock), ms(f.ours_encode), ms(f.stock_encode),
-                ratio(f.ours_encode / f.stock_encode), ms(f.collect), ms(f.gzip),
+                ratio(f.ours_encode / f.stock_encode) if f.ours_encode == f.ours_encode else None,
+                ms(f.collect), ms(f.gzip),
             )  # fmt: skip
         _progress(f"render {size}", step)
     render.notes = [
@@ -110,6 +115,9 @@ def run(budget: Budget) -> tuple[list[Table], list[str]]:
         "by our encoder or by prometheus_client's generate_latest, whose outputs are "
         "byte-identical (tests/test_exposition.py); ours = collect + our encode, "
         "generate_latest = collect + its encode",
+        "ours also pauses the cyclic GC while it renders (render.py), as the exporter does; "
+        "the encode columns run both encoders under the same GC conditions, and are left "
+        "out at 50,000 actions to keep the run within its time budget",
         "best of 3 below 10,000 actions, one run above; gzip = level 6 of the plain bytes, "
         "once per snapshot for each gzip form asked for",
     ]
@@ -196,9 +204,13 @@ def run(budget: Budget) -> tuple[list[Table], list[str]]:
             None,
         )
     base = soak[1] if len(soak) > 2 else soak[0]
-    growth = soak[-1][1] - base[1]
+    half = soak[-2] if len(soak) > 2 else soak[0]
+    warmup_growth = soak[-1][1] - base[1]
+    growth = soak[-1][1] - half[1]
     memory.notes = [
-        f"growth from cycle {base[0]} to {soak[-1][0]}: {growth:+.1f} MiB",
+        f"growth from cycle {base[0]} to {soak[-1][0]}: {warmup_growth:+.1f} MiB; from cycle "
+        f"{half[0]} to {soak[-1][0]}: {growth:+.1f} MiB (the target's figure: RSS climbs to "
+        "the high-water mark of the largest render the allocator has served, then stays)",
         f"the simulated tree here has {budget.deep_tree} actions per pipeline, so a cycle "
         "needs few requests; the soak renders status_series "
         f"{budget.soak_series} so that {budget.soak_cycles} cycles fit the time budget (each "
@@ -233,7 +245,8 @@ def run(budget: Budget) -> tuple[list[Table], list[str]]:
                     wall <= 1.3 * ideal),
             _target("RSS after the first cycle", "< 150 MB", f"{mb:.0f} MB", mb < 150),
             _target(f"RSS growth over {budget.soak_cycles} cycles", "flat",
-                    f"{growth:+.1f} MiB", abs(growth) < 5),
+                    f"{growth:+.1f} MiB over the second half "
+                    f"({warmup_growth:+.1f} MiB from cycle {base[0]})", abs(growth) < 2),
         ]  # fmt: skip
     return tables, targets
 
