@@ -313,13 +313,16 @@ class BuddyClient:
         key: str,
         per_page: int,
         params: dict[str, Any] | None = None,
+        documented_pages: bool = True,
     ) -> list[Any]:
         """Every item of a paginated list endpoint (``{key: [...]}``), or raise :class:`ApiError`.
 
         Stops on an empty page, on ``total_page_count``, on a page shorter than a full
         page can be, or when the server ignores pagination (more items than asked for,
         or the same short page again). The same full page twice means pagination is
-        broken: that raises, so a listing that cannot be complete removes nothing.
+        broken: that raises, so a listing that cannot be complete removes nothing; for
+        an endpoint whose pagination is not documented (``documented_pages=False``, the
+        action list) it means the server ignores pagination and sent everything.
         """
         items: list[Any] = []
         seen: set[tuple[str, ...]] = set()
@@ -338,7 +341,7 @@ class BuddyClient:
                 repr(i.get("id", i.get("name"))) if isinstance(i, dict) else repr(i) for i in batch
             )
             if fingerprint in seen:
-                if len(batch) == per_page:
+                if len(batch) == per_page and documented_pages:
                     raise ApiError(
                         Reason.INVALID_RESPONSE,
                         f"page {page} repeats an earlier page: pagination is broken",

@@ -355,7 +355,7 @@ class _Fetcher:
                 pipeline_id=key.pipeline_id,
             )
             items = await self._clients[key.workspace].list_all(
-                ACTIONS_ENDPOINT, path, "actions", self._per_page
+                ACTIONS_ENDPOINT, path, "actions", self._per_page, documented_pages=False
             )
             complete = [isinstance(i, dict) and i.keys() >= ACTION_METRIC_FIELDS for i in items]
             parsed: list[_ListedAction] = []

@@ -484,3 +484,19 @@ def test_deleted_action_is_not_asked_for_again_before_discovery(
     assert gets == 2  # the first cycle's GET, and the one that answered 404; none after
     assert value(out, "buddy_exporter_errors_total", reason="not_found") == 1
     assert 1 not in action_ids(out)
+
+
+def test_action_list_of_exactly_one_page_that_ignores_pagination(run_exporter: Start) -> None:
+    sim = Simulator(token=TOKEN, list_actions="full")
+    for i in range(1, 31):  # exactly per_page items, and page 2 is the same list again
+        sim.add_action("acme", "shop", 1, i, f"Step {i}")
+    with sim:
+        out = run_exporter(
+            cfg(
+                sim,
+                [{"workspace": "acme", "project": "shop"}],
+                buddy={"fetch_mode": "list", "per_page": 30},
+            )
+        ).metrics()
+    assert action_ids(out) == set(range(1, 31))
+    assert value(out, "buddy_up", workspace="acme") == 1
