@@ -6,6 +6,7 @@ never waits for a poll and never calls Buddy.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import socket
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from exporter import __version__
 from exporter.render import Format, MetricsStore
@@ -62,6 +64,14 @@ state of pipeline actions for Prometheus.</p>
 """
 
 
+#: Seconds a connection may sit idle (or send its request slowly) before it is closed.
+IDLE_TIMEOUT_SECONDS = 30.0
+#: Connections served at once; more are answered 503 at once instead of piling up threads.
+MAX_CONNECTIONS = 64
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 def make_handler(store: MetricsStore, health: Health, summary: str) -> type[BaseHTTPRequestHandler]:
     landing = LANDING.format(
         version=html.escape(__version__), summary=html.escape(summary)
@@ -72,6 +82,8 @@ def make_handler(store: MetricsStore, health: Health, summary: str) -> type[Base
         # Headers and body go out as two writes; with Nagle's algorithm a small body
         # would wait for the client's delayed ACK (40 ms on Linux) on every scrape.
         disable_nagle_algorithm = True
+        # An idle or half-sent connection is closed after this, so it cannot hold a thread.
+        timeout = IDLE_TIMEOUT_SECONDS
         server_version = f"buddy-exporter/{__version__}"
         sys_version = ""
 
@@ -150,15 +162,37 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("too many connections: refusing %s", client_address)
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def handle_error(self, request: object, client_address: object) -> None:
-        # A scraper that hangs up mid-response is its business, not a traceback on stderr.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        # A scraper that hangs up mid-response, or goes quiet, is its business,
+        # not a traceback on stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             log.debug("client %s went away", client_address)
             return
         log.exception("error while serving %s", client_address)
