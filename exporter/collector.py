@@ -10,26 +10,15 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.config import StatusSeries
 from exporter.models import KNOWN_STATUSES
-from exporter.snapshot import ActionRecord, PipelineRecord, Snapshot
+from exporter.snapshot import PipelineRecord, Snapshot
 
 ACTION_LABELS = ("workspace", "project", "pipeline_id", "pipeline", "action_id", "action")
 PIPELINE_LABELS = ("workspace", "project", "pipeline_id", "pipeline")
-
-
-def _action_labels(record: ActionRecord) -> list[str]:
-    k = record.key
-    return [
-        k.workspace,
-        k.project,
-        str(k.pipeline_id),
-        record.pipeline,
-        str(k.action_id),
-        record.action,
-    ]
 
 
 def _pipeline_labels(record: PipelineRecord) -> list[str]:
@@ -109,41 +98,58 @@ class SnapshotCollector(Collector):
             "buddy_action_last_success_timestamp_seconds",
             "Unix time of the last successful fetch of this action",
         )
+        # Samples are built directly, one label dict per action shared by its families:
+        # add_metric() would zip a new dict for each of the ~23 samples of an action.
         for record in self._snapshot.actions:
-            labels = _action_labels(record)
-            success.add_metric(labels, _flag(record.poll_success))
+            k = record.key
+            labels = {
+                "workspace": k.workspace,
+                "project": k.project,
+                "pipeline_id": str(k.pipeline_id),
+                "pipeline": record.pipeline,
+                "action_id": str(k.action_id),
+                "action": record.action,
+            }
+            success.samples.append(Sample(success.name, labels, _flag(record.poll_success)))
             if record.last_success is not None:
-                last_success.add_metric(labels, record.last_success)
+                last_success.samples.append(Sample(last_success.name, labels, record.last_success))
             v = record.values
             if v is None:
                 continue
             if v.status is not None:
                 self._add_status(status, labels, v.status)
-            if v.retries is not None:
-                retries.add_metric(labels, v.retries)
-            if v.retry_interval is not None:
-                retry_interval.add_metric(labels, v.retry_interval)
-            if v.timeout is not None:
-                timeout.add_metric(labels, v.timeout)
-            if v.disabled is not None:
-                disabled.add_metric(labels, _flag(v.disabled))
-            if v.ignore_errors is not None:
-                ignore_errors.add_metric(labels, _flag(v.ignore_errors))
-            info.add_metric(
-                [*labels, v.action_type or "", v.trigger_time or "", v.run_next or "", v.url or ""],
-                1.0,
-            )
+            for family, number in (
+                (retries, v.retries),
+                (retry_interval, v.retry_interval),
+                (timeout, v.timeout),
+            ):
+                if number is not None:
+                    family.samples.append(Sample(family.name, labels, number))
+            for family, flag in ((disabled, v.disabled), (ignore_errors, v.ignore_errors)):
+                if flag is not None:
+                    family.samples.append(Sample(family.name, labels, _flag(flag)))
+            info_labels = {
+                **labels,
+                "action_type": v.action_type or "",
+                "trigger_time": v.trigger_time or "",
+                "run_next": v.run_next or "",
+                "url": v.url or "",
+            }
+            info.samples.append(Sample(info.name, info_labels, 1.0))
         yield from (status, retries, retry_interval, timeout, disabled, ignore_errors, info)
         yield from (success, last_success)
 
-    def _add_status(self, family: GaugeMetricFamily, labels: list[str], current: str) -> None:
+    def _add_status(self, family: GaugeMetricFamily, labels: dict[str, str], current: str) -> None:
+        name, samples = family.name, family.samples
         if not self._all_statuses:
-            family.add_metric([*labels, current], 1.0)
+            samples.append(Sample(name, {**labels, "status": current}, 1.0))
             return
         for known in KNOWN_STATUSES:
-            family.add_metric([*labels, known], _flag(known == current))
+            samples.append(
+                Sample(name, {**labels, "status": known}, 1.0 if known == current else 0.0)
+            )
         if current not in KNOWN_STATUSES:
-            family.add_metric([*labels, current], 1.0)
+            samples.append(Sample(name, {**labels, "status": current}, 1.0))
 
     def _pipeline_families(self) -> Iterator[Metric]:
         status = self._gauge(
@@ -168,7 +174,7 @@ class SnapshotCollector(Collector):
                 continue
             labels = _pipeline_labels(record)
             if v.status is not None:
-                self._add_status(status, labels, v.status)
+                self._add_status(status, dict(zip(PIPELINE_LABELS, labels, strict=True)), v.status)
             if v.disabled is not None:
                 disabled.add_metric(labels, _flag(v.disabled))
             if v.paused is not None:
