@@ -147,6 +147,8 @@ class Exporter:
     ) -> None:
         self.settings = settings
         self._connections = dict(connections)
+        for connection in connections.values():
+            logs.redact(connection.token.get_secret_value())
         _warn_unused_workspaces(settings)
         self.clients = make_clients(settings, connections)
         # Counters outlive reloads: they only ever go up while the process runs.

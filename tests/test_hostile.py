@@ -130,3 +130,16 @@ def test_a_bad_field_is_logged_once_not_every_cycle(
     assert (
         value(exporter.metrics(), "buddy_exporter_errors_total", reason="invalid_field") == 4
     )  # counted each cycle
+
+
+def test_a_bad_field_that_holds_the_token_does_not_leak_a_part_of_it(
+    sim: Simulator, run_exporter: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conftest import TOKEN
+
+    sim.update_action("acme", "shop", 1, 102, timeout="A" * 40 + TOKEN)  # the cut falls inside it
+    exporter = run_exporter(config_for(sim))
+    exporter.poll()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "ignoring a bad field" in logged
+    assert TOKEN[:8] not in logged
