@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,21 +39,13 @@ from test_monitoring import (
     dashboard_metric_names,
     dashboard_queries,
 )
+from tools import debian_tool as require
 
 from exporter.simulator import Fault, Simulator
 
 TOKEN = "e2e-alerts-token-5d41402abc4b2a76"
 WORKSPACE = "acme"
 PROJECT = "shop"
-
-
-def require(name: str) -> str:
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(
-            f"{name} not found: apt-get install prometheus (scripts/install-deploy-tools.sh)"
-        )
-    return found
 
 
 def free_port() -> int:

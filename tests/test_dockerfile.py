@@ -16,23 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tools import tool
 
 from exporter.config import DEFAULT_PORT
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-
-
-def tool(name: str) -> str:
-    """Path of a CLI tool from the venv running pytest, else PATH; fail when missing."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
-    return found
 
 
 @dataclass(frozen=True)

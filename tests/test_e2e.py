@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,17 +15,9 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, config_for, free_port, http_get, wait_for, write_config
+from tools import debian_tool as require
 
 from exporter.simulator import Fault, Simulator
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(
-            f"{tool} is not installed; the test command installs Debian's prometheus package"
-        )
-    return path
 
 
 @pytest.fixture

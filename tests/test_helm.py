@@ -12,7 +12,6 @@ import base64
 import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tools import helm, promtool, tool
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "buddy-exporter"
@@ -29,33 +29,6 @@ SCHEMAS = REPO.parent / "shared" / "schemas"
 KUBE_VERSION = "1.30.0"
 CORE_KINDS = {"Deployment", "StatefulSet", "Service", "ServiceAccount", "ConfigMap", "Secret"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
-
-
-def tool(name: str) -> str:
-    """Path of a CLI tool from the venv running pytest, else PATH; fail when missing."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
-    return found
-
-
-def helm() -> str:
-    path = Path(os.environ.get("HELM", REPO / ".tools" / "helm" / "helm"))
-    if not path.exists():
-        pytest.fail(f"helm not found at {path}: run `bash scripts/install-deploy-tools.sh`")
-    return str(path)
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if not found:
-        pytest.fail(
-            "promtool not found: apt-get install prometheus (scripts/install-deploy-tools.sh)"
-        )
-    return found
 
 
 def schema(name: str) -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import RunningExporter, config_for, find, value
+from tools import promtool
 
 from exporter.simulator import Fault, Simulator
 
@@ -24,7 +25,7 @@ def status_of(text: str, action_id: str) -> list[str]:
 
 def promtool_ok(text: str) -> None:
     result = subprocess.run(
-        ["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+        [promtool(), "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

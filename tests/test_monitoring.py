@@ -10,13 +10,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tools import promtool, tool
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "monitoring" / "alerts.yaml"
@@ -32,25 +32,6 @@ REQUIRED_ALERTS = {
 GRAFANA_BUILTINS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 # Metrics Prometheus makes itself, not the exporter.
 PROMETHEUS_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds"}
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if not found:
-        pytest.fail(
-            "promtool not found: apt-get install prometheus (scripts/install-deploy-tools.sh)"
-        )
-    return found
-
-
-def tool(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
-    return found
 
 
 # -- PromQL metric names -------------------------------------------------------------
