@@ -80,6 +80,15 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return found[0][1] if found else None
 
 
+def current_status(text: str, **labels: str) -> list[str]:
+    """The status values at 1 of the matching buddy_action_last_execution_status series."""
+    return [
+        lab["status"]
+        for lab, v in find(text, "buddy_action_last_execution_status", **labels)
+        if v == 1
+    ]
+
+
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     simulator = Simulator(token=TOKEN)

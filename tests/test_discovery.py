@@ -266,39 +266,28 @@ def test_a_server_that_repeats_a_page_forever_is_detected(
     assert "repeats an earlier page" in caplog.text
 
 
-def test_action_list_that_ignores_pagination(run_exporter: Start) -> None:
+@pytest.mark.parametrize(
+    ("paginated", "requests"),
+    [(False, 1), (True, 2)],
+    ids=["ignores-pagination", "paginated"],
+)
+def test_action_list_longer_than_a_page(
+    run_exporter: Start, paginated: bool, requests: int
+) -> None:
     sim = Simulator(token=TOKEN, list_actions="full")
-    for i in range(1, 46):  # more than one page's worth, all in one response
+    sim.paginate_actions = paginated
+    for i in range(1, 46):  # more than one page's worth
         sim.add_action("acme", "shop", 1, i, f"Step {i}")
     with sim:
-        out = run_exporter(
-            cfg(
-                sim,
-                [{"workspace": "acme", "project": "shop"}],
-                buddy={"fetch_mode": "list", "per_page": 30},
-            )
-        ).metrics()
+        data = cfg(
+            sim,
+            [{"workspace": "acme", "project": "shop"}],
+            buddy={"fetch_mode": "list", "per_page": 30},
+        )
+        out = run_exporter(data).metrics()
         action_lists = [r for r in sim.requests if r.path.endswith("/actions")]
     assert action_ids(out) == set(range(1, 46))
-    assert len(action_lists) == 1
-
-
-def test_paginated_action_list(run_exporter: Start) -> None:
-    sim = Simulator(token=TOKEN, list_actions="full")
-    sim.paginate_actions = True
-    for i in range(1, 46):
-        sim.add_action("acme", "shop", 1, i, f"Step {i}")
-    with sim:
-        out = run_exporter(
-            cfg(
-                sim,
-                [{"workspace": "acme", "project": "shop"}],
-                buddy={"fetch_mode": "list", "per_page": 30},
-            )
-        ).metrics()
-        action_lists = [r for r in sim.requests if r.path.endswith("/actions")]
-    assert action_ids(out) == set(range(1, 46))
-    assert len(action_lists) == 2
+    assert len(action_lists) == requests
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import TOKEN, RunningExporter, config_for, find, free_port, http_get, value
+from conftest import (
+    TOKEN,
+    RunningExporter,
+    config_for,
+    current_status,
+    find,
+    free_port,
+    http_get,
+    value,
+)
 from test_ratelimit import assert_within_budget
 
 from exporter.client import ACTION_ENDPOINT
@@ -61,14 +70,6 @@ def errors(out: str, reason: str) -> float:
     return value(out, "buddy_exporter_errors_total", reason=reason) or 0
 
 
-def statuses(out: str, **labels: str) -> list[str]:
-    return [
-        lab["status"]
-        for lab, v in find(out, "buddy_action_last_execution_status", **labels)
-        if v == 1
-    ]
-
-
 def survived(exporter: RunningExporter, sim: Simulator) -> str:
     """The checks every case shares; returns the current exposition."""
     assert http_get(exporter.url + "/healthz")[0] == 200
@@ -78,8 +79,8 @@ def survived(exporter: RunningExporter, sim: Simulator) -> str:
     assert value(out, "buddy_up", workspace="beta") == 1
     for other in OTHERS:
         assert value(out, "buddy_action_poll_success", **other) == 1, other
-    assert statuses(out, **OTHERS[0]) == ["SUCCESSFUL"]
-    assert statuses(out, **OTHERS[1]) == ["FAILED"]
+    assert current_status(out, **OTHERS[0]) == ["SUCCESSFUL"]
+    assert current_status(out, **OTHERS[1]) == ["FAILED"]
     assert_within_budget(sim.requests, RATE, BURST)
     return out
 
@@ -104,7 +105,7 @@ def test_401_fails_the_workspace_once_then_backs_off(
     assert errors(out, "unauthorized") == 3
     for target in (BUILD, FETCH, NOTIFY):
         assert value(out, "buddy_action_poll_success", **target) == 0
-    assert statuses(out, **BUILD) == ["SUCCESSFUL"]  # last good values kept until stale
+    assert current_status(out, **BUILD) == ["SUCCESSFUL"]  # last good values kept until stale
     assert value(out, "buddy_up", workspace="acme") == 0
     assert logged(caplog, "action_id=101", "unauthorized", "Invalid or expired access token")
     before = sim.request_count(r"^/workspaces/acme/")
@@ -224,7 +225,7 @@ def test_500_is_retried_then_fails_only_that_action(
     assert requests(out, "500") == 4  # 1 + max_retries
     assert errors(out, "server_error") == 1
     assert value(out, "buddy_action_poll_success", **BUILD) == 0
-    assert statuses(out, **BUILD) == ["SUCCESSFUL"]
+    assert current_status(out, **BUILD) == ["SUCCESSFUL"]
     assert value(out, "buddy_action_poll_success", **FETCH) == 1
     assert logged(caplog, "action_id=101", "server_error", "HTTP 500")
 
@@ -242,7 +243,9 @@ def test_502_that_passes_is_retried_within_the_cycle(
     assert requests(out, "502") == 2
     assert errors(out, "server_error") == 0
     assert value(out, "buddy_action_poll_success", **FETCH) == 1
-    assert statuses(out, **FETCH) == ["INPROGRESS"]  # the fresh value, fetched on the third try
+    assert current_status(out, **FETCH) == [
+        "INPROGRESS"
+    ]  # the fresh value, fetched on the third try
     assert value(out, "buddy_up", workspace="acme") == 1
 
 
@@ -268,7 +271,7 @@ def test_delay_past_the_timeout_is_a_retried_timeout(
     assert requests(out, "error") == 2
     assert errors(out, "timeout") == 1
     assert value(out, "buddy_action_poll_success", **NOTIFY) == 0
-    assert statuses(out, **NOTIFY) == ["INITIAL"]  # kept
+    assert current_status(out, **NOTIFY) == ["INITIAL"]  # kept
 
 
 def test_connection_refused_keeps_the_last_values_and_recovers(run_exporter: Start) -> None:
@@ -284,7 +287,7 @@ def test_connection_refused_keeps_the_last_values_and_recovers(run_exporter: Sta
     assert value(out, "buddy_action_poll_success", **BUILD) == 0
     assert errors(out, "connection") == 1
     assert requests(out, "error") == 4  # 1 + max_retries, each counted
-    assert statuses(out, **BUILD) == ["SUCCESSFUL"]
+    assert current_status(out, **BUILD) == ["SUCCESSFUL"]
     assert value(out, "buddy_up", workspace="acme") == 0
     back = Simulator(token=TOKEN, port=port)
     back.add_action("acme", "shop", 1, 101, "Build", last_execution_status="FAILED")
@@ -292,7 +295,7 @@ def test_connection_refused_keeps_the_last_values_and_recovers(run_exporter: Sta
         exporter.poll()
         out = exporter.metrics()
         assert value(out, "buddy_action_poll_success", **BUILD) == 1
-        assert statuses(out, **BUILD) == ["FAILED"]
+        assert current_status(out, **BUILD) == ["FAILED"]
         assert_within_budget(first.requests + back.requests, RATE, BURST)
 
 
@@ -307,7 +310,7 @@ def test_connection_dropped_mid_body_is_a_retried_connection_error(
     assert errors(out, "connection") == 1
     assert requests(out, "error") == 4
     assert value(out, "buddy_action_poll_success", **FETCH) == 0
-    assert statuses(out, **FETCH) == ["FAILED"]
+    assert current_status(out, **FETCH) == ["FAILED"]
 
 
 def test_invalid_json_is_not_retried(
@@ -322,7 +325,7 @@ def test_invalid_json_is_not_retried(
     assert sim.request_count(r"/actions/101$") - before == 1
     assert errors(out, "invalid_json") == 1
     assert value(out, "buddy_action_poll_success", **BUILD) == 0
-    assert statuses(out, **BUILD) == ["SUCCESSFUL"]
+    assert current_status(out, **BUILD) == ["SUCCESSFUL"]
     assert logged(caplog, "action_id=101", "invalid_json", "not valid JSON")
 
 
@@ -383,9 +386,9 @@ def test_unknown_and_odd_cased_statuses(two_workspaces: Simulator, run_exporter:
     sim.update_action("acme", "shop", 2, 201, last_execution_status="in progress?")
     exporter.poll()
     out = survived(exporter, sim)
-    assert statuses(out, **BUILD) == ["SUCCESSFUL"]
-    assert statuses(out, **FETCH) == ["WAITING_FOR_ROBOTS"]
-    assert statuses(out, **NOTIFY) == ["OTHER"]
+    assert current_status(out, **BUILD) == ["SUCCESSFUL"]
+    assert current_status(out, **FETCH) == ["WAITING_FOR_ROBOTS"]
+    assert current_status(out, **NOTIFY) == ["OTHER"]
     assert value(out, "buddy_action_last_execution_status", **FETCH, status="FAILED") == 0
     assert value(out, "buddy_up", workspace="acme") == 1
 

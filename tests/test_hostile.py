@@ -7,20 +7,12 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from conftest import RunningExporter, config_for, find, value
+from conftest import RunningExporter, config_for, current_status, find, value
 from tools import promtool
 
 from exporter.simulator import Fault, Simulator
 
 Start = Callable[..., RunningExporter]
-
-
-def status_of(text: str, action_id: str) -> list[str]:
-    return [
-        lab["status"]
-        for lab, v in find(text, "buddy_action_last_execution_status", action_id=action_id)
-        if v == 1
-    ]
 
 
 def promtool_ok(text: str) -> None:
@@ -38,7 +30,7 @@ def test_a_lone_surrogate_in_a_name_neither_breaks_the_exposition_nor_the_cycle(
     sim.update_action("acme", "shop", 1, 101, last_execution_status="FAILED")
     exporter.poll()
     out = exporter.metrics()
-    assert status_of(out, "101") == ["FAILED"]
+    assert current_status(out, action_id="101") == ["FAILED"]
     assert find(out, "buddy_action_info", action_id="102")[0][0]["action"] == "bad?name"
     promtool_ok(out)
 
@@ -72,8 +64,10 @@ def test_undecodable_or_wrong_bodies_fail_only_that_action(
     exporter.poll()
     out = exporter.metrics()
     assert value(out, "buddy_action_poll_success", action_id="101") == 0
-    assert status_of(out, "101") == ["SUCCESSFUL"]  # the last good value, not the impostor's
-    assert status_of(out, "201") == ["FAILED"]
+    assert current_status(out, action_id="101") == [
+        "SUCCESSFUL"
+    ]  # the last good value, not the impostor's
+    assert current_status(out, action_id="201") == ["FAILED"]
     assert value(out, "buddy_exporter_errors_total", reason=reason) == 1
     assert value(out, "buddy_exporter_errors_total", reason="internal") is None
 

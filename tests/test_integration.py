@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import TOKEN, RunningExporter, config_for, find, http_get, value
+from conftest import TOKEN, RunningExporter, config_for, current_status, find, http_get, value
 
 from exporter.simulator import Fault, Simulator
 
@@ -16,14 +16,6 @@ Start = Callable[..., RunningExporter]
 BUILD = {"workspace": "acme", "project": "shop", "pipeline_id": "1", "action_id": "101"}
 FETCH = {"workspace": "acme", "project": "shop", "pipeline_id": "1", "action_id": "102"}
 NOTIFY = {"workspace": "acme", "project": "shop", "pipeline_id": "2", "action_id": "201"}
-
-
-def current_status(text: str, **labels: str) -> list[str]:
-    return [
-        lab["status"]
-        for lab, v in find(text, "buddy_action_last_execution_status", **labels)
-        if v == 1
-    ]
 
 
 def test_values_match_the_api(sim: Simulator, run_exporter: Start) -> None:
