@@ -263,7 +263,9 @@ def built_store(snapshot: Snapshot, options: RenderOptions) -> MetricsStore:
 def _serving(kind: str, store: MetricsStore) -> Iterator[int]:
     """Serve the store's snapshot the ``kind`` way ("ours", "stock", "floor"); yields the port."""
     if kind == "ours":
-        server = MetricsServer("127.0.0.1:0", store, Health(lambda: True, lambda: (True, "")), "")
+        server = MetricsServer(
+            "127.0.0.1:0", store, Health(lambda: True, lambda: (True, "")), lambda: ""
+        )
         server.start()
         try:
             yield server.port

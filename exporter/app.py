@@ -166,7 +166,7 @@ class Exporter:
             settings.web.listen_address,
             self.store,
             Health(self._live, self._ready),
-            self._summary(settings),
+            lambda: self._summary(self.settings),
         )
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._beat = time.monotonic()
@@ -321,9 +321,11 @@ class Exporter:
         )
         self.scheduler.start()
         log.info(
-            "listening on %s, %s",
+            "listening on %s, %s; the first cycle starts now, at most %g requests/s "
+            "(buddy.max_requests_per_second)",
             self.settings.web.listen_address,
             self._summary(self.settings),
+            self.settings.buddy.max_requests_per_second,
         )
 
     async def stop(self) -> None:

@@ -183,9 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_serve(settings, connections, args))
     except OSError as exc:
+        # The address may come from the flag, the environment or the file.
         address = settings.web.listen_address
         print(
-            f"web.listen_address: cannot listen on {address}: {exc.strerror or exc}",
+            f"web.listen_address (--web.listen-address): cannot listen on {address}: "
+            f"{exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

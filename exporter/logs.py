@@ -30,18 +30,23 @@ def scrub(text: str) -> str:
     return text
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPE = re.compile(r'[\x00-\x1f\x7f"\\]')
+
+
+def _escaped(char: str) -> str:
+    return "\\" + char if char in '"\\' else repr(char)[1:-1]
 
 
 class RedactingFormatter(logging.Formatter):
     """Formats a record, then removes the secrets from the final text.
 
-    Control characters in the message are escaped, so text from Buddy (an error
-    message with a newline) cannot forge a log line of its own.
+    The message is a logfmt value: quotes, backslashes and control characters are
+    escaped, so text from Buddy (an error message with a newline) cannot forge a
+    log line of its own.
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], record.message)
+        record.message = _ESCAPE.sub(lambda m: _escaped(m.group()), record.message)
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -52,7 +57,7 @@ def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         RedactingFormatter(
-            "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+            'ts=%(asctime)s level=%(levelname)s logger=%(name)s msg="%(message)s"',
             datefmt="%Y-%m-%dT%H:%M:%S%z",
         )
     )

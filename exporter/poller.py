@@ -116,6 +116,7 @@ def initial_snapshot(targets: Sequence[Target], total_shards: int = 1, shard: in
         }
     )
     return Snapshot(
+        errors=_all_reasons(Counter()),
         actions=tuple(ActionRecord(k, "", "", None, False, None) for k in keys),
         workspaces=tuple(
             WorkspaceRecord(w, False, None) for w in sorted({t.workspace for t in targets})
@@ -447,6 +448,7 @@ class Poller:
         self._failing: dict[str, str] = {}
         self._noted: set[str] = set()
         self._last_discovery: float | None = None
+        self._cycles = 0
         self._projects: dict[int, tuple[str, ...]] = {}
         self._action_index: dict[PipelineKey, tuple[_IndexedAction, ...]] = {}
         self._lists_complete: dict[str, bool] = {}
@@ -503,7 +505,8 @@ class Poller:
                 self._interval,
                 snapshot.cycle_requests or 0,
             )
-        log.debug(
+        # The first cycle (with its discovery) is logged at info: it may take a while.
+        (log.info if self._cycles == 0 else log.debug)(
             "poll cycle done in %.3fs: %d requests, %d actions, %d pipelines%s",
             duration,
             snapshot.cycle_requests or 0,
@@ -511,6 +514,7 @@ class Poller:
             len(snapshot.pipelines),
             " (with discovery)" if discover else "",
         )
+        self._cycles += 1
         return snapshot
 
     def _forget_recovered(self, fetcher: _Fetcher) -> None:
@@ -797,7 +801,7 @@ class Poller:
             completed=True,
             poll_duration=duration,
             last_poll=now,
-            errors=tuple(sorted(self._errors.items())),
+            errors=_all_reasons(self._errors),
             targets=(
                 ("action", len(actions)),
                 ("pipeline", len(pipelines)),
@@ -810,6 +814,12 @@ class Poller:
 
     def _configured_in_shard(self) -> set[ActionKey]:
         return {k for k in self._configured if self._in_shard(k.pipeline_key)}
+
+
+def _all_reasons(errors: Counter[str]) -> tuple[tuple[str, int], ...]:
+    """Every reason, 0 until it happens: a counter that exists from the start lets
+    ``increase()`` see its first step."""
+    return tuple(sorted({**dict.fromkeys(Reason.ALL, 0), **errors}.items()))
 
 
 def _with_requests(

@@ -72,10 +72,14 @@ MAX_CONNECTIONS = 64
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-def make_handler(store: MetricsStore, health: Health, summary: str) -> type[BaseHTTPRequestHandler]:
-    landing = LANDING.format(
-        version=html.escape(__version__), summary=html.escape(summary)
-    ).encode()
+def make_handler(
+    store: MetricsStore, health: Health, summary: Callable[[], str]
+) -> type[BaseHTTPRequestHandler]:
+    def landing() -> bytes:
+        # Built per request (it is tiny), so a reloaded config shows at once.
+        return LANDING.format(
+            version=html.escape(__version__), summary=html.escape(summary())
+        ).encode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -114,7 +118,7 @@ def make_handler(store: MetricsStore, health: Health, summary: str) -> type[Base
                     send_body,
                 )
             elif path == "/":
-                self._send(200, landing, "text/html; charset=utf-8", send_body)
+                self._send(200, landing(), "text/html; charset=utf-8", send_body)
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8", send_body)
 
@@ -201,7 +205,9 @@ class _Server(ThreadingHTTPServer):
 class MetricsServer:
     """Serves HTTP from a background thread; ``start()`` binds, ``stop()`` closes."""
 
-    def __init__(self, address: str, store: MetricsStore, health: Health, summary: str) -> None:
+    def __init__(
+        self, address: str, store: MetricsStore, health: Health, summary: Callable[[], str]
+    ) -> None:
         self._server = _Server(parse_listen_address(address), make_handler(store, health, summary))
         self._thread = threading.Thread(
             target=self._server.serve_forever,

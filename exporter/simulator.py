@@ -699,7 +699,13 @@ def main(argv: list[str] | None = None) -> None:
     """Run the simulator on its own: ``python -m exporter.simulator --help``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m exporter.simulator", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.simulator",
+        description="A simulated Buddy.works API on 127.0.0.1, for trying the exporter without "
+        "an account: a generated workspace of projects x pipelines x actions (or the demo "
+        "company). It prints its base URL; use that as buddy.api_url and --token as the token.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
     )

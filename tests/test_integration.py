@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from conftest import TOKEN, RunningExporter, config_for, current_status, find, http_get, value
 
+from exporter.client import Reason
 from exporter.simulator import Fault, Simulator
 
 Start = Callable[..., RunningExporter]
@@ -34,6 +35,10 @@ def test_values_match_the_api(sim: Simulator, run_exporter: Start) -> None:
     assert info[0][0]["url"].endswith("/acme/shop/pipelines/pipeline/1/action/102/edit")
     assert find(out, "buddy_action_info", **NOTIFY)[0][0]["trigger_time"] == "ON_FAILURE"
     assert value(out, "buddy_up") == 1
+    # Every error reason exists from the start, at 0, so increase() sees the first one.
+    assert {
+        lab["reason"]: v for lab, v in find(out, "buddy_exporter_errors_total")
+    } == dict.fromkeys(Reason.ALL, 0.0)
     assert value(out, "buddy_exporter_api_requests_total", code="200",
                  endpoint="/workspaces/{workspace}/projects/{project}/pipelines/{pipeline_id}/actions/{action_id}") == 3  # fmt: skip
     assert value(out, "buddy_exporter_api_rate_limit_limit") == 10_000

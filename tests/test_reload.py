@@ -142,3 +142,10 @@ def test_counters_never_go_down_across_reloads(running: Process, sim: Simulator)
         assert _total(after, name) >= _total(before, name), name
     for labels, count in find(before, "buddy_exporter_api_requests_total"):
         assert (value(after, "buddy_exporter_api_requests_total", **labels) or 0) >= count, labels
+
+
+def test_landing_page_follows_a_reload(running: Process) -> None:
+    assert b"polled every 1s" in http_get(running.url + "/")[2]
+    running.write({**running.data, "poll": {"interval_seconds": 2, "stale_after_seconds": 60}})
+    running.hup()
+    wait_for(lambda: b"polled every 2s" in http_get(running.url + "/")[2], timeout=15)

@@ -61,7 +61,7 @@ class Served(MetricsStore):
 def serve() -> Iterator[Served]:
     store = Served(snapshot("SUCCESSFUL"), OPTIONS)
     server = MetricsServer(
-        "127.0.0.1:0", store, Health(lambda: True, lambda: (True, "ready")), "test"
+        "127.0.0.1:0", store, Health(lambda: True, lambda: (True, "ready")), lambda: "test"
     )
     server.start()
     store.url = f"http://127.0.0.1:{server.port}/metrics"
