@@ -15,15 +15,10 @@ from prometheus_client.samples import Sample
 from exporter import __version__
 from exporter.config import StatusSeries
 from exporter.models import KNOWN_STATUSES
-from exporter.snapshot import PipelineRecord, Snapshot
+from exporter.snapshot import Snapshot
 
 ACTION_LABELS = ("workspace", "project", "pipeline_id", "pipeline", "action_id", "action")
 PIPELINE_LABELS = ("workspace", "project", "pipeline_id", "pipeline")
-
-
-def _pipeline_labels(record: PipelineRecord) -> list[str]:
-    k = record.key
-    return [k.workspace, k.project, str(k.pipeline_id), record.name]
 
 
 def _flag(value: bool) -> float:
@@ -172,14 +167,19 @@ class SnapshotCollector(Collector):
             v = record.values
             if v is None:
                 continue
-            labels = _pipeline_labels(record)
+            k = record.key
+            labels = {
+                "workspace": k.workspace,
+                "project": k.project,
+                "pipeline_id": str(k.pipeline_id),
+                "pipeline": record.name,
+            }
             if v.status is not None:
-                self._add_status(status, dict(zip(PIPELINE_LABELS, labels, strict=True)), v.status)
-            if v.disabled is not None:
-                disabled.add_metric(labels, _flag(v.disabled))
-            if v.paused is not None:
-                paused.add_metric(labels, _flag(v.paused))
-            info.add_metric([*labels, v.url or ""], 1.0)
+                self._add_status(status, labels, v.status)
+            for family, flag in ((disabled, v.disabled), (paused, v.paused)):
+                if flag is not None:
+                    family.samples.append(Sample(family.name, labels, _flag(flag)))
+            info.samples.append(Sample(info.name, {**labels, "url": v.url or ""}, 1.0))
         yield from (status, disabled, paused, info)
 
     def _exporter_families(self) -> Iterator[Metric]:

@@ -167,6 +167,15 @@ class _Walk:
             self.pipelines[key] = outcome
 
 
+def _prefixes(key: ActionKey | PipelineKey) -> tuple[tuple[object, ...], ...]:
+    """The scopes an object is under: its workspace, its project, its pipeline."""
+    return (
+        (key.workspace,),
+        (key.workspace, key.project),
+        (key.workspace, key.project, key.pipeline_id),
+    )
+
+
 def _rank(outcome: object) -> int:
     if outcome is None:
         return -1
@@ -449,6 +458,10 @@ class Poller:
         self._noted: set[str] = set()
         self._last_discovery: float | None = None
         self._cycles = 0
+        self._under_index: (
+            tuple[Snapshot, dict[tuple[object, ...], tuple[list[PipelineKey], list[ActionKey]]]]
+            | None
+        ) = None
         self._projects: dict[int, tuple[str, ...]] = {}
         self._action_index: dict[PipelineKey, tuple[_IndexedAction, ...]] = {}
         self._lists_complete: dict[str, bool] = {}
@@ -630,6 +643,7 @@ class Poller:
             mode = FetchMode.LIST if self._lists_complete.get(pkey.workspace) else FetchMode.GET
         index = self._action_index.get(pkey)
         listed: list[_ListedAction] | None = None
+        complete = False  # the listing carries every field the metrics use
         if mode is not FetchMode.GET or discover or index is None:
             result = await fetcher.actions(pkey)
             if isinstance(result, ApiError):
@@ -641,13 +655,13 @@ class Poller:
                 for x in listed
             )
             self._action_index[pkey] = index
+            complete = all(x.complete for x in listed)
             if self._fetch_mode is FetchMode.AUTO:
-                complete = all(x.complete for x in listed)
                 self._lists_complete[pkey.workspace] = (
                     self._lists_complete.get(pkey.workspace, True) and complete
                 )
         use_list = listed is not None and (
-            mode is FetchMode.LIST or (mode is FetchMode.AUTO and all(x.complete for x in listed))
+            mode is FetchMode.LIST or (mode is FetchMode.AUTO and complete)
         )
         if use_list:
             assert listed is not None
@@ -719,19 +733,33 @@ class Poller:
         if error is not None and error.reason == Reason.NOT_FOUND:
             return
 
-        def under(key: ActionKey | PipelineKey) -> bool:
-            return (
-                key.workspace == ws
-                and (project is None or key.project == project)
-                and (pipeline_id is None or key.pipeline_id == pipeline_id)
-            )
+        prefix: tuple[object, ...] = (ws,)
+        if project is not None:
+            prefix = (ws, project) if pipeline_id is None else (ws, project, pipeline_id)
+        pipelines, actions = self._previous_under().get(prefix, ((), ()))
+        for pkey in pipelines:
+            walk.pipeline(pkey, _Outcome.KEPT)
+        for akey in actions:
+            walk.action(akey, _Outcome.KEPT)
 
-        for p in self.snapshot.pipelines:
-            if under(p.key):
-                walk.pipeline(p.key, _Outcome.KEPT)
-        for a in self.snapshot.actions:
-            if under(a.key):
-                walk.action(a.key, _Outcome.KEPT)
+    def _previous_under(
+        self,
+    ) -> dict[tuple[object, ...], tuple[list[PipelineKey], list[ActionKey]]]:
+        """The previous snapshot's keys by workspace, project and pipeline prefix.
+
+        Built once per snapshot, on the first failed listing: a bad day fails many
+        listings, and scanning every object for each of them would be quadratic.
+        """
+        if self._under_index is None or self._under_index[0] is not self.snapshot:
+            index: dict[tuple[object, ...], tuple[list[PipelineKey], list[ActionKey]]] = {}
+            for p in self.snapshot.pipelines:
+                for prefix in _prefixes(p.key):
+                    index.setdefault(prefix, ([], []))[0].append(p.key)
+            for a in self.snapshot.actions:
+                for prefix in _prefixes(a.key):
+                    index.setdefault(prefix, ([], []))[1].append(a.key)
+            self._under_index = (self.snapshot, index)
+        return self._under_index[1]
 
     # -- the snapshot ------------------------------------------------------------------
     def _kept_values(self, values: T | None, last_success: float | None, now: float) -> T | None:
